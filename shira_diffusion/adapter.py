@@ -1,0 +1,259 @@
+"""SparseAdapter: a SHiRA adapter as sorted flat indices + values per weight tensor.
+
+File format (one ``.safetensors`` file):
+- for each adapted parameter ``P`` (named as in ``unet.named_parameters()``):
+  ``P.shira_indices`` (int32, 1-D, strictly increasing flat indices into ``P``) and
+  ``P.shira_values`` (float16 / bfloat16 / float32, same length);
+- header metadata (strings): ``format``, ``format_version``, ``base_arch``, ``base_fingerprint``
+  (hash of the adapted tensors' names and shapes), ``shapes`` (JSON), ``mask``, ``trigger``,
+  ``name``, ``description``, ``recipe`` (JSON).
+
+Loading validates everything before returning, so nothing is ever applied from a bad file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .architecture import FAMILIES, shape_fingerprint
+from .errors import AdapterFileError, ArchitectureMismatchError
+
+FORMAT_NAME = "shira-diffusion/sparse-adapter"
+FORMAT_VERSION = 1
+INDICES_SUFFIX = ".shira_indices"
+VALUES_SUFFIX = ".shira_values"
+VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_INT32 = 2**31 - 1
+
+
+@dataclass
+class SparseAdapter:
+    """Per-tensor sparse deltas plus what is needed to check and describe them.
+
+    ``indices[name]`` are int32 flat indices into a tensor of shape ``shapes[name]``, strictly
+    increasing; ``values[name]`` are the deltas at those indices. ``base_arch`` is the UNet family
+    (``"sd"`` or ``"sdxl"``).
+    """
+
+    indices: dict[str, torch.Tensor]
+    values: dict[str, torch.Tensor]
+    shapes: dict[str, tuple[int, ...]]
+    base_arch: str
+    mask: str = "unknown"
+    trigger: str | None = None
+    name: str | None = None
+    description: str = ""
+    recipe: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.shapes = {k: tuple(int(d) for d in v) for k, v in self.shapes.items()}
+        self.validate()
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def fingerprint(self) -> str:
+        return shape_fingerprint(self.shapes)
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(v.numel()) for v in self.values.values())
+
+    @property
+    def density(self) -> float:
+        total = sum(math.prod(s) for s in self.shapes.values())
+        return self.num_params / total if total else 0.0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.values.values())).dtype
+
+    # ---------------------------------------------------------------- checks
+    def validate(self, source: str = "adapter") -> None:
+        """Raise AdapterFileError naming the first problem found; return None if all is well."""
+        if self.base_arch not in FAMILIES:
+            raise AdapterFileError(f"{source}: unknown base_arch {self.base_arch!r} (expected one of {FAMILIES})")
+        names = set(self.shapes)
+        for label, keys in (("indices", set(self.indices)), ("values", set(self.values))):
+            if missing := sorted(names - keys):
+                raise AdapterFileError(f"{source}: missing {label} for tensor {missing[0]!r}")
+            if extra := sorted(keys - names):
+                raise AdapterFileError(f"{source}: unexpected {label} key {extra[0]!r} (no shape recorded for it)")
+        if not names:
+            raise AdapterFileError(f"{source}: the adapter holds no tensors")
+        for name in sorted(names):
+            _check_tensor(source, name, self.indices[name], self.values[name], self.shapes[name])
+
+    def check_compatible(self, weights: Mapping[str, torch.Tensor], family: str) -> None:
+        """Raise ArchitectureMismatchError unless every adapted tensor exists in ``weights`` with its shape."""
+        label = self.name or "adapter"
+        if self.base_arch != family:
+            raise ArchitectureMismatchError(
+                f"{label} was made for an {self.base_arch.upper()}-family UNet, this UNet is {family.upper()}-family"
+            )
+        for name in sorted(self.shapes):
+            if name not in weights:
+                raise ArchitectureMismatchError(
+                    f"{label}: tensor {name!r} does not exist in this UNet (adapter fingerprint {self.fingerprint})"
+                )
+            actual = tuple(weights[name].shape)
+            if actual != self.shapes[name]:
+                raise ArchitectureMismatchError(
+                    f"{label}: tensor {name!r} has shape {list(self.shapes[name])} in the adapter "
+                    f"but {list(actual)} in this UNet"
+                )
+
+    # ---------------------------------------------------------------- conversions
+    def delta(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dense delta of one tensor (for inspection and tests; the bank never builds it)."""
+        dense = torch.zeros(math.prod(self.shapes[name]), dtype=dtype)
+        dense[self.indices[name].long()] = self.values[name].to(dtype)
+        return dense.view(self.shapes[name])
+
+    def to(self, dtype: torch.dtype) -> "SparseAdapter":
+        if dtype not in VALUE_DTYPES:
+            raise AdapterFileError(f"values dtype must be one of {VALUE_DTYPES}, got {dtype}")
+        return SparseAdapter(
+            indices=dict(self.indices),
+            values={k: v.to(dtype) for k, v in self.values.items()},
+            shapes=dict(self.shapes),
+            **self._describe(),
+        )
+
+    def _describe(self) -> dict:
+        return dict(
+            base_arch=self.base_arch,
+            mask=self.mask,
+            trigger=self.trigger,
+            name=self.name,
+            description=self.description,
+            recipe=dict(self.recipe),
+        )
+
+    # ---------------------------------------------------------------- I/O
+    def metadata(self) -> dict[str, str]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": str(FORMAT_VERSION),
+            "base_arch": self.base_arch,
+            "base_fingerprint": self.fingerprint,
+            "shapes": json.dumps({k: list(v) for k, v in sorted(self.shapes.items())}),
+            "mask": self.mask,
+            "density": f"{self.density:.6g}",
+            "num_params": str(self.num_params),
+            "trigger": self.trigger or "",
+            "name": self.name or "",
+            "description": self.description,
+            "recipe": json.dumps(self.recipe, sort_keys=True),
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        tensors = {}
+        for name in self.shapes:
+            tensors[name + INDICES_SUFFIX] = self.indices[name].to(torch.int32).contiguous()
+            tensors[name + VALUES_SUFFIX] = self.values[name].contiguous()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_file(tensors, str(path), metadata=self.metadata())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SparseAdapter":
+        path = str(path)
+        if not os.path.isfile(path):
+            raise AdapterFileError(f"{path}: no such file")
+        try:
+            with safe_open(path, framework="pt") as handle:
+                meta = handle.metadata() or {}
+                _check_header(path, meta)
+                keys = list(handle.keys())
+                _check_keys(path, keys)
+                tensors = {k: handle.get_tensor(k) for k in keys}
+        except AdapterFileError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types, and OSError for short files
+            raise AdapterFileError(f"{path}: not a valid safetensors file ({exc})") from None
+        try:
+            shapes = json.loads(meta["shapes"])
+            recipe = json.loads(meta.get("recipe") or "{}")
+        except json.JSONDecodeError as exc:
+            raise AdapterFileError(f"{path}: corrupt JSON in header metadata ({exc})") from None
+        indices = {k[: -len(INDICES_SUFFIX)]: v for k, v in tensors.items() if k.endswith(INDICES_SUFFIX)}
+        values = {k[: -len(VALUES_SUFFIX)]: v for k, v in tensors.items() if k.endswith(VALUES_SUFFIX)}
+        adapter = cls.__new__(cls)
+        adapter.indices, adapter.values = indices, values
+        adapter.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
+        adapter.base_arch = meta.get("base_arch", "")
+        adapter.mask = meta.get("mask") or "unknown"
+        adapter.trigger = meta.get("trigger") or None
+        adapter.name = meta.get("name") or os.path.splitext(os.path.basename(path))[0]
+        adapter.description = meta.get("description", "")
+        adapter.recipe = recipe
+        adapter.validate(source=path)
+        if meta.get("base_fingerprint") and meta["base_fingerprint"] != adapter.fingerprint:
+            raise AdapterFileError(
+                f"{path}: header fingerprint {meta['base_fingerprint']} does not match its shapes "
+                f"({adapter.fingerprint}); the file was edited or truncated"
+            )
+        return adapter
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseAdapter(name={self.name!r}, base_arch={self.base_arch!r}, mask={self.mask!r}, "
+            f"tensors={len(self.shapes)}, params={self.num_params}, density={self.density:.4%}, "
+            f"dtype={self.dtype}, trigger={self.trigger!r})"
+        )
+
+
+def _check_header(path: str, meta: Mapping[str, str]) -> None:
+    if meta.get("format") != FORMAT_NAME:
+        found = meta.get("format")
+        hint = "" if found is None else f" (format {found!r})"
+        raise AdapterFileError(f"{path}: not a shira-diffusion adapter{hint}; header has no format {FORMAT_NAME!r}")
+    version = meta.get("format_version", "")
+    if version != str(FORMAT_VERSION):
+        raise AdapterFileError(
+            f"{path}: unknown format_version {version!r}; this shira-diffusion reads version {FORMAT_VERSION}"
+        )
+    if "shapes" not in meta:
+        raise AdapterFileError(f"{path}: header lacks the 'shapes' entry")
+
+
+def _check_keys(path: str, keys: list[str]) -> None:
+    for key in keys:
+        if not (key.endswith(INDICES_SUFFIX) or key.endswith(VALUES_SUFFIX)):
+            raise AdapterFileError(f"{path}: unexpected tensor key {key!r}")
+
+
+def _check_tensor(source: str, name: str, indices: torch.Tensor, values: torch.Tensor, shape: tuple) -> None:
+    where = f"{source}: tensor {name!r}"
+    numel = math.prod(shape)
+    if not shape or numel <= 0:
+        raise AdapterFileError(f"{where}: invalid shape {list(shape)}")
+    if numel > MAX_INT32:
+        raise AdapterFileError(f"{where}: {numel} elements do not fit int32 flat indices")
+    if indices.dtype != torch.int32 or indices.dim() != 1:
+        raise AdapterFileError(f"{where}: indices must be a 1-D int32 tensor, got {indices.dtype} {list(indices.shape)}")
+    if values.dtype not in VALUE_DTYPES or values.dim() != 1:
+        raise AdapterFileError(f"{where}: values must be a 1-D float16/bfloat16/float32 tensor, got {values.dtype}")
+    if indices.numel() != values.numel():
+        raise AdapterFileError(f"{where}: {indices.numel()} indices but {values.numel()} values")
+    if indices.numel() == 0:
+        raise AdapterFileError(f"{where}: no entries")
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= numel:
+        bad = low if low < 0 else high
+        raise AdapterFileError(f"{where}: index {bad} out of range for shape {list(shape)} ({numel} elements)")
+    steps = indices[1:] - indices[:-1]
+    if steps.numel() and int(steps.min()) <= 0:
+        pos = int(torch.nonzero(steps <= 0)[0])
+        kind = "duplicated" if int(steps[pos]) == 0 else "unsorted"
+        raise AdapterFileError(f"{where}: indices {kind} at position {pos + 1} (index {int(indices[pos + 1])})")
+    if not bool(torch.isfinite(values).all()):
+        pos = int(torch.nonzero(~torch.isfinite(values))[0])
+        raise AdapterFileError(f"{where}: non-finite value {float(values[pos])} at position {pos}")
