@@ -147,4 +147,6 @@ def random_full_size_unet(arch: str, dtype: torch.dtype = torch.float32, seed: i
     with torch.no_grad():
         for param in unet.parameters():
             param.normal_(0.0, 0.02, generator=generator)
-    return unet.to(dtype).eval().requires_grad_(False)
+    if dtype != torch.float32:
+        unet = unet.to(dtype)
+    return unet.eval().requires_grad_(False)

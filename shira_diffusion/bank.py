@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapter import SparseAdapter
+from .adapter import SparseAdapter, all_finite
 from .architecture import unet_family
 from .errors import ShiraError
 from .layout import ScatterPlan
@@ -40,43 +40,99 @@ class _MaskGroup:
 
     def __init__(self, indices: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]):
         self.names = sorted(indices)
-        self.indices = {name: indices[name] for name in self.names}
+        self.indices = {name: indices[name].to(torch.int32) for name in self.names}
         self.plans = {name: ScatterPlan(indices[name]) for name in self.names}
         self.spans: dict[str, tuple[int, int]] = {}
         start = 0
         for name in self.names:
-            self.spans[name] = (start, start + self.plans[name].numel)
-            start += self.plans[name].numel
+            self.spans[name] = (start, start + self.plans[name].size)
+            start += self.plans[name].size
         self.size = start
         dtypes = {weights[name].dtype for name in self.names}
         if len(dtypes) != 1:
             raise ShiraError(f"adapted tensors must share one dtype, found {sorted(map(str, dtypes))}")
         self.dtype = dtypes.pop()
         self.original = self.read(weights)  # caller guarantees the weights are pristine here
+        self._original_pieces = self._split(self.original)
+        self._scratch: torch.Tensor | None = None  # fused values of the current fp32 mix
+        self._scratch_pieces: tuple | None = None
+        self._views: list[torch.Tensor] = []  # cached: slicing 500 views costs ~1 ms per switch
+        self._pointers: list[int] = []
 
     def matches(self, indices: Mapping[str, torch.Tensor]) -> bool:
         if sorted(indices) != self.names:
             return False
         return all(
-            len(indices[n]) == len(self.indices[n]) and torch.equal(indices[n], self.indices[n]) for n in self.names
+            indices[n].dtype == torch.int32 and indices[n].shape == self.indices[n].shape
+            and torch.equal(indices[n], self.indices[n])
+            for n in self.names
         )
 
     def to_plan_order(self, adapter: SparseAdapter, device: torch.device) -> torch.Tensor:
-        parts = [self.plans[n].to_plan_order(adapter.values[n]) for n in self.names]
-        return torch.cat(parts).to(device)
+        """The adapter's values gathered into one flat buffer in plan order (its storage in the bank)."""
+        dtype = adapter.values[self.names[0]].dtype
+        if any(adapter.values[n].dtype != dtype for n in self.names):
+            raise ShiraError(f"{adapter.name}: all value tensors must share one dtype")
+        # Gather straight into the one buffer the bank keeps: every extra 10 MB temporary costs
+        # thousands of page faults on a cold load.
+        out = torch.empty(self.size, dtype=dtype, device=device)
+        for name in self.names:
+            start, end = self.spans[name]
+            plan = self.plans[name]
+            torch.index_select(adapter.values[name].to(device), 0, plan.order_on(device), out=out[start:end])
+        return out
 
     def read(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([self.plans[n].gather(weights[n].data) for n in self.names])
 
     def write(self, weights: Mapping[str, torch.Tensor], flat: torch.Tensor) -> None:
+        """Write plan-order ``flat`` into the weights: one batched copy for all blocks of all tensors."""
+        targets = self._targets(weights)
+        if flat is self.original:
+            sources = self._original_pieces
+        elif flat is self._scratch:
+            sources = self._scratch_pieces
+        else:
+            sources = self._split(flat)
+        block_sources, remainders = sources
+        _copy_all(self._views, block_sources)
+        for name, values in remainders:
+            self.plans[name].scatter_remainder(targets[name], values)
+
+    def _split(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[str, torch.Tensor]]]:
+        """``flat`` cut into the source piece of every block, plus each tensor's remainder."""
+        blocks, remainders = [], []
         for name in self.names:
-            start, end = self.spans[name]
-            self.plans[name].scatter(weights[name].data, flat[start:end])
+            pieces = self.plans[name].split(flat[slice(*self.spans[name])])
+            blocks.extend(pieces[:-1])
+            if len(self.plans[name].remainder):
+                remainders.append((name, pieces[-1]))
+        return blocks, remainders
+
+    def _targets(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weights' data, and the block views into them, rebuilt only if a weight's memory moved."""
+        data = {n: weights[n].data for n in self.names}
+        pointers = [data[n].data_ptr() for n in self.names]
+        if pointers != self._pointers:
+            first = data[self.names[0]]
+            if first.device != self.original.device or first.dtype != self.dtype:
+                raise ShiraError(
+                    f"the UNet's weights moved from {self.original.device}/{self.dtype} to "
+                    f"{first.device}/{first.dtype} after its adapters were added; restore() the bank "
+                    "before moving or casting the UNet, then create a new StyleBank"
+                )
+            self._views = [view for n in self.names for view in self.plans[n].views(data[n])]
+            self._pointers = pointers
+        return data
 
     def compose(self, base: torch.Tensor, members: list[tuple["_Entry", float]]) -> torch.Tensor:
         """``base + sum(w * values)`` in the weights' dtype, accumulated in fp32 unless all is fp32."""
         if self.dtype == torch.float32 and all(e.values.dtype == torch.float32 for e, _ in members):
-            out = torch.add(base, members[0][0].values, alpha=members[0][1])
+            # Reuse one scratch buffer: a fresh 10+ MB allocation per switch costs page faults.
+            if self._scratch is None:
+                self._scratch = torch.empty_like(base)
+                self._scratch_pieces = self._split(self._scratch)
+            out = torch.add(base, members[0][0].values, alpha=members[0][1], out=self._scratch)
             for entry, weight in members[1:]:
                 out.add_(entry.values, alpha=weight)
             return out
@@ -84,6 +140,12 @@ class _MaskGroup:
         for entry, weight in members:
             acc.add_(entry.values.float(), alpha=weight)
         return acc.to(self.dtype)
+
+
+def _copy_all(destinations: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    # One dispatch for hundreds of small strided copies; the Python loop costs ~20 % more.
+    if destinations:
+        torch._foreach_copy_(destinations, sources)
 
 
 @dataclass
@@ -154,24 +216,28 @@ class StyleBank:
 
     def load(self, path: str | os.PathLike, name: str | None = None) -> str:
         """Read an adapter file (fully validated) and add it; returns the name it is held under."""
-        adapter = SparseAdapter.load(path)
-        return self.add(adapter, name=name)
+        adapter = SparseAdapter.load(path, validate=False)  # add() validates, skipping known masks
+        return self.add(adapter, name=name, source=str(path))
 
-    def add(self, adapter: SparseAdapter, name: str | None = None) -> str:
+    def add(self, adapter: SparseAdapter, name: str | None = None, source: str | None = None) -> str:
         """Add an adapter; checks it against this UNet first and never touches the weights if it fails."""
         name = name or adapter.name
         if not name:
             raise ShiraError("an adapter needs a name to be held in a bank")
         adapter.check_compatible(self._params, self.family)
-        indices = {n: adapter.indices[n].to(torch.int64) for n in adapter.shapes}
         with self._lock:
             if name in self._entries:
                 raise ShiraError(f"an adapter named {name!r} is already in the bank; remove it first")
-            group = next((g for g in self._groups if g.matches(indices)), None)
+            group = next((g for g in self._groups if g.matches(adapter.indices)), None)
+            # Indices equal to a held mask are valid by construction; values are checked below,
+            # in one pass over the gathered buffer.
+            adapter.validate(source or name, check_indices=group is None, check_values=False)
             if group is None:
-                group = self._new_group(indices)
+                group = self._new_group(adapter.indices)
             device = self._params[group.names[0]].device
             values = group.to_plan_order(adapter, device)
+            if not all_finite(values):
+                adapter.validate(source or name)  # raises, naming the tensor and position
             meta = SparseAdapter.__new__(SparseAdapter)
             meta.__dict__.update(adapter.__dict__, indices={}, values={})
             meta.name = name

@@ -10,7 +10,8 @@ tensor (4 ms for the same count). Entries that form no worthwhile view go throug
 ``index_put_``, so unstructured masks cost what they must and no more.
 
 Values are kept in *plan order*: the elements of view 0 row-major, then view 1, ..., then the
-remainder in sorted order. ``plan.order`` maps plan order to sorted order.
+remainder in sorted order. ``plan.order`` maps plan order to sorted order; views may overlap, so
+an entry can appear more than once, always with the same value.
 """
 
 from __future__ import annotations
@@ -49,17 +50,20 @@ class ScatterPlan:
         self.blocks, order, remainder = _analyse(flat)
         self.order = torch.from_numpy(order)  # plan position -> sorted position
         self.remainder = torch.from_numpy(flat[remainder])  # sorted int64 flat indices
-        self.block_entries = self.numel - len(self.remainder)
+        self.size = len(self.order)  # plan-order length: numel plus entries where blocks overlap
         self._device_remainder: dict[torch.device, torch.Tensor] = {}
 
     def __repr__(self) -> str:
         return f"ScatterPlan(entries={self.numel}, blocks={len(self.blocks)}, scattered={len(self.remainder)})"
 
     def to_plan_order(self, sorted_values: torch.Tensor) -> torch.Tensor:
-        return sorted_values[self.order.to(sorted_values.device)]
+        return torch.index_select(sorted_values, 0, self.order_on(sorted_values.device))
+
+    def order_on(self, device: torch.device) -> torch.Tensor:
+        return self.order if self.order.device == device else self.order.to(device)
 
     def to_sorted_order(self, plan_values: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(plan_values)
+        out = plan_values.new_empty(self.numel)
         out[self.order.to(plan_values.device)] = plan_values
         return out
 
@@ -68,28 +72,42 @@ class ScatterPlan:
             self._device_remainder[device] = self.remainder.to(device)
         return self._device_remainder[device]
 
-    def _views(self, weight: torch.Tensor):
+    def views(self, weight: torch.Tensor) -> list[torch.Tensor]:
+        """One strided view of ``weight`` per block (they write into the weight's own memory)."""
+        _check_contiguous(weight)
         base = weight.storage_offset()
-        for block in self.blocks:
-            yield block, weight.as_strided((block.count, block.length), (block.stride, 1), base + block.offset)
+        return [weight.as_strided((b.count, b.length), (b.stride, 1), base + b.offset) for b in self.blocks]
+
+    def scatter_remainder(self, weight: torch.Tensor, values: torch.Tensor) -> None:
+        if len(self.remainder):
+            weight.view(-1).index_put_((self._remainder_on(weight.device),), values)
 
     def gather(self, weight: torch.Tensor) -> torch.Tensor:
         """The current values at the plan's entries, in plan order (a new tensor)."""
-        _check_contiguous(weight)
-        parts = [view.reshape(-1) for _, view in self._views(weight)]
+        parts = [view.reshape(-1) for view in self.views(weight)]
         if len(self.remainder):
             parts.append(weight.reshape(-1)[self._remainder_on(weight.device)])
         return torch.cat(parts) if parts else weight.new_empty(0)
 
-    def scatter(self, weight: torch.Tensor, plan_values: torch.Tensor) -> None:
-        """Write ``plan_values`` (plan order, weight dtype) into the plan's entries, in place."""
-        _check_contiguous(weight)
-        start = 0
-        for block, view in self._views(weight):
-            view.copy_(plan_values[start : start + block.size].view(block.count, block.length))
+    def split(self, plan_values: torch.Tensor) -> list[torch.Tensor]:
+        """``plan_values`` cut into one piece per block (shaped like it) plus the remainder.
+
+        Callers that write the same buffer again and again keep the pieces: slicing 500 views
+        per switch costs a millisecond of pure Python.
+        """
+        pieces, start = [], 0
+        for block in self.blocks:
+            pieces.append(plan_values[start : start + block.size].view(block.count, block.length))
             start += block.size
-        if len(self.remainder):
-            weight.view(-1).index_put_((self._remainder_on(weight.device),), plan_values[start:])
+        pieces.append(plan_values[start:])
+        return pieces
+
+    def scatter(self, weight: torch.Tensor, plan_values: torch.Tensor) -> None:
+        """Write plan-order values into the plan's entries, in place."""
+        pieces = self.split(plan_values)
+        for view, piece in zip(self.views(weight), pieces):
+            view.copy_(piece)
+        self.scatter_remainder(weight, pieces[-1])
 
 
 def _check_contiguous(weight: torch.Tensor) -> None:
@@ -98,60 +116,74 @@ def _check_contiguous(weight: torch.Tensor) -> None:
 
 
 def _analyse(flat: np.ndarray):
-    """Split sorted unique indices into strided blocks plus a scattered remainder.
+    """Cover sorted unique indices with strided blocks, leaving the rest to ``index_put_``.
 
-    Returns (blocks, order, remainder_positions) where ``order`` lists sorted positions in plan
-    order and ``remainder_positions`` are the sorted positions left to ``index_put_``.
+    Blocks may overlap (a band of columns crossing full rows, the diagonal crossing both): an
+    entry written twice gets the same value twice, and three long blocks are far cheaper than the
+    many short ones a strict partition would need. Returns (blocks, order, remainder_positions):
+    ``order`` lists sorted positions in plan order (with repeats where blocks overlap) and
+    ``remainder_positions`` are the sorted positions no block covers.
     """
     n = len(flat)
-    everything = (np.empty(0, dtype=np.int64), np.arange(n, dtype=np.int64))
+    everything = np.arange(n, dtype=np.int64)
     if n < MIN_VIEW_ENTRIES:
-        return [], everything[1], everything[1]
+        return [], everything, everything
     breaks = np.flatnonzero(np.diff(flat) != 1) + 1
     if len(breaks) + 1 > n / MIN_MEAN_RUN:
-        return [], everything[1], everything[1]
+        return [], everything, everything
     run_pos = np.concatenate(([0], breaks))  # sorted position where each run starts
     run_len = np.diff(np.concatenate((run_pos, [n])))
     run_start = flat[run_pos]
 
+    covered = np.zeros(n, dtype=bool)
     blocks: list[StridedBlock] = []
     block_positions: list[np.ndarray] = []
-    remainder: list[np.ndarray] = []
-    for length in np.unique(run_len):
-        which = np.flatnonzero(run_len == length)
-        starts, positions = run_start[which], run_pos[which]
-        for first, count in _progressions(starts):
-            chunk_pos = positions[first : first + count]
-            covered = (chunk_pos[:, None] + np.arange(length)).reshape(-1)
-            if count * length >= MIN_VIEW_ENTRIES:
-                stride = int(starts[first + 1] - starts[first]) if count > 1 else int(length)
-                blocks.append(StridedBlock(int(starts[first]), int(count), int(length), stride))
-                block_positions.append(covered)
-            else:
-                remainder.append(covered)
-    rest = np.sort(np.concatenate(remainder)) if remainder else np.empty(0, dtype=np.int64)
+    # Longest runs first: they seed the big blocks, and the short runs inside them are then covered.
+    for r in np.argsort(-run_len, kind="stable").tolist():
+        length, start, pos = int(run_len[r]), int(run_start[r]), int(run_pos[r])
+        if covered[pos : pos + length].all():
+            continue
+        stride = _next_stride(run_start, run_len, covered, run_pos, r)
+        first, count = _extend(flat, start, length, stride)
+        if count * length < MIN_VIEW_ENTRIES:
+            continue
+        first_start = start + first * stride
+        positions = (np.searchsorted(flat, first_start + np.arange(count) * stride)[:, None] + np.arange(length)).reshape(-1)
+        blocks.append(StridedBlock(first_start, count, length, stride if count > 1 else length))
+        block_positions.append(positions)
+        covered[positions] = True
+    rest = np.flatnonzero(~covered)
     order = np.concatenate(block_positions + [rest]).astype(np.int64)
     return blocks, order, rest
 
 
-def _progressions(starts: np.ndarray) -> list[tuple[int, int]]:
-    """Greedy split of increasing ``starts`` into arithmetic progressions: (first position, count)."""
-    p = len(starts)
-    if p <= 2:
-        return [(0, p)]
-    steps = np.diff(starts)
-    change = np.flatnonzero(steps[1:] != steps[:-1]) + 1
-    step_begin = np.concatenate(([0], change))
-    step_end = np.concatenate((change, [len(steps)]))
-    out: list[tuple[int, int]] = []
-    taken = 0  # first position not yet in a progression
-    for begin, end in zip(step_begin.tolist(), step_end.tolist()):
-        # this run of equal steps links elements begin..end
-        first = max(begin, taken)
-        if first >= end:
-            continue
-        out.append((first, end - first + 1))
-        taken = end + 1
-    if taken < p:
-        out.append((taken, p - taken))
-    return out
+def _next_stride(run_start, run_len, covered, run_pos, r) -> int:
+    """Distance to the next run of the same length that is not covered yet (0 if there is none)."""
+    same = np.flatnonzero((run_len == run_len[r]) & (run_start > run_start[r]))
+    for other in same[:8].tolist():
+        if not covered[run_pos[other]]:
+            return int(run_start[other] - run_start[r])
+    return 0
+
+
+def _extend(flat: np.ndarray, start: int, length: int, stride: int) -> tuple[int, int]:
+    """Longest progression ``start + j * stride`` (j may be negative) of intervals inside ``flat``.
+
+    Returns (first j, count). An interval [a, a + length) is inside iff ``flat`` holds a at some
+    position p and a + length - 1 at position p + length - 1 (``flat`` is sorted and unique).
+    """
+    if stride <= 0:
+        return 0, 1
+
+    def inside_prefix(steps: np.ndarray) -> int:
+        a = start + steps * stride
+        ok = (a >= flat[0]) & (a + length - 1 <= flat[-1])
+        p = np.searchsorted(flat, a)
+        last = np.minimum(p + length - 1, len(flat) - 1)
+        ok &= (flat[np.minimum(p, len(flat) - 1)] == a) & (flat[last] == a + length - 1)
+        bad = np.flatnonzero(~ok)
+        return int(bad[0]) if len(bad) else len(steps)
+
+    forward = inside_prefix(np.arange(1, (int(flat[-1]) - start) // stride + 2))
+    backward = inside_prefix(-np.arange(1, (start - int(flat[0])) // stride + 2))
+    return -backward, 1 + forward + backward

@@ -1,0 +1,263 @@
+"""Benchmarks that print ratios measured side by side in one run (``shira bench ...``).
+
+``bench_switch`` builds the full-size SD1.5 or SDXL UNet from its diffusers config with random
+weights (no download; switch and merge timings do not depend on weight values) and times, at equal
+trainable-parameter counts and identical target layers:
+
+- this project's warm switch: mix A fused -> mix B fused, both adapters held by a StyleBank;
+- diffusers' LoRA warm switch through its public API: ``unet.unfuse_lora()`` then
+  ``unet.fuse_lora(adapter_names=[other])``, both LoRAs loaded;
+- PEFT SHiRA's switch: unmerge then merge of the other adapter on every SHiRA layer (what
+  ``PeftModel.unmerge_adapter`` / ``merge_adapter`` run);
+- cold switch: from the adapter file on disk to fused, against ``unet.load_lora_adapter`` +
+  ``fuse_lora`` of a diffusers LoRA file.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from .adapter import SparseAdapter
+from .architecture import random_full_size_unet, target_weights, unet_family
+from .bank import StyleBank
+from .errors import ShiraError
+from .masks import DEFAULT_MASK, build_masks, matrix_shape
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def _median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1e3, 3)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def random_adapter(
+    weights: dict[str, torch.Tensor],
+    family: str,
+    mask: str,
+    *,
+    rank: int | None,
+    density: float | None,
+    seed: int,
+    name: str,
+) -> SparseAdapter:
+    """An adapter with random values on a real mask. Grad/SNIP get synthetic gradients (one set per
+    seed, as each style has its own calibration data): their masks are unstructured top-k sets."""
+    gradients = None
+    if mask in ("grad", "snip"):
+        generator = torch.Generator().manual_seed(seed)
+        gradients = {n: torch.randn(w.shape, generator=generator) for n, w in weights.items()}
+    masks = build_masks(weights, mask, rank=rank, density=density, gradients=gradients, seed=seed)
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    return SparseAdapter(
+        indices={n: m.to(torch.int32) for n, m in masks.items()},
+        values={n: torch.randn(len(m), generator=generator) * 1e-3 for n, m in masks.items()},
+        shapes={n: tuple(w.shape) for n, w in weights.items()},
+        base_arch=family,
+        mask=mask,
+        name=name,
+    )
+
+
+def _peft_merge(unet, adapter_name: str) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in unet.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge(adapter_names=[adapter_name])
+
+
+def _peft_unmerge(unet) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in unet.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.unmerge()
+
+
+def bench_switch(
+    arch: str = "sd15",
+    mask: str = DEFAULT_MASK,
+    rank: int | None = 16,
+    density: float | None = None,
+    targets: str = "attn",
+    repeats: int = 7,
+    log: Callable[[str], None] = print,
+    unet=None,
+) -> dict:
+    """Run the switch benchmark; ``unet`` replaces the full-size one (tests use tiny UNets)."""
+    from peft import LoraConfig, ShiraConfig
+
+    if repeats < 5:
+        raise ShiraError("repeats must be at least 5 (medians of fewer runs are noise)")
+    if density is not None:
+        rank = None
+    if unet is None:
+        log(f"building the full-size {arch} UNet with random weights ...")
+        unet = random_full_size_unet(arch)
+    family = unet_family(unet)
+    weights = target_weights(unet, targets)
+    modules = sorted(n[: -len(".weight")] for n in weights)
+    sum_dims = sum(sum(matrix_shape(w.shape)) for w in weights.values())
+    result: dict = {
+        "arch": arch,
+        "mask": mask,
+        "targets": targets,
+        "rank": rank,
+        "density": density,
+        "layers": len(weights),
+        "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+    # ------------------------------------------------------------ this project
+    log(f"building two {mask} adapters ...")
+    ad_a = random_adapter(weights, family, mask, rank=rank, density=density, seed=1, name="a")
+    ad_b = random_adapter(weights, family, mask, rank=rank, density=density, seed=2, name="b")
+    result["shira_params"] = ad_a.num_params
+    result["shira_density"] = round(ad_a.density, 6)
+    lora_rank = rank if rank is not None else max(1, round(ad_a.num_params / sum_dims))
+    result["lora_rank"] = lora_rank
+
+    bank = StyleBank(unet)
+    bank.add(ad_a)
+    bank.add(ad_b)
+    bank.apply({"a": 1.0})
+    warm = [_timed(lambda m=m: bank.apply({m: 1.0})) for _ in range(repeats) for m in ("b", "a")]
+    mixed = [_timed(lambda m=m: bank.apply(m)) for _ in range(repeats) for m in ({"a": 0.7, "b": 0.4}, {"a": 1.0})]
+    restore = []
+    for _ in range(repeats):
+        bank.apply({"a": 1.0})
+        restore.append(_timed(bank.restore))
+    result["shira_warm_switch_ms"] = _median_ms(warm)
+    result["shira_mix_switch_ms"] = _median_ms(mixed)
+    result["shira_restore_ms"] = _median_ms(restore)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "style.safetensors")
+        ad_a.save(path)
+        result["shira_file_mb"] = round(os.path.getsize(path) / 2**20, 2)
+        cold, cold_first = [], []
+        for i in range(repeats):
+            bank.apply({"b": 1.0})
+            cold.append(_timed(lambda i=i: bank.apply({bank.load(path, name=f"cold{i}"): 1.0})))
+            bank.remove(f"cold{i}")
+            # the same, into an empty bank: includes building the scatter plans for a new mask
+            fresh = StyleBank(unet)
+            bank.restore()
+            cold_first.append(_timed(lambda: fresh.apply({fresh.load(path): 1.0})))
+            fresh.restore()
+        result["shira_cold_switch_ms"] = _median_ms(cold)
+        result["shira_cold_first_ms"] = _median_ms(cold_first)
+    bank.restore()
+    del bank, fresh
+
+    # ------------------------------------------------------------ diffusers LoRA
+    log(f"diffusers LoRA r={lora_rank} on the same {len(modules)} layers ...")
+    lora_config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=modules, init_lora_weights=False)
+    unet.add_adapter(lora_config, adapter_name="lora_a")
+    unet.add_adapter(lora_config, adapter_name="lora_b")
+    result["lora_params"] = _lora_params(unet, "lora_a")
+    unet.fuse_lora(adapter_names=["lora_a"])
+    lora_warm = []
+    for _ in range(repeats):
+        for other in ("lora_b", "lora_a"):
+            lora_warm.append(_timed(lambda o=other: (unet.unfuse_lora(), unet.fuse_lora(adapter_names=[o]))))
+    result["diffusers_lora_warm_switch_ms"] = _median_ms(lora_warm)
+    with tempfile.TemporaryDirectory() as tmp:
+        unet.save_lora_adapter(tmp, adapter_name="lora_a")
+        result["lora_file_mb"] = round(
+            os.path.getsize(os.path.join(tmp, LORA_FILE)) / 2**20, 2
+        )
+        unet.unfuse_lora()
+        unet.unload_lora()
+        lora_cold = []
+        for i in range(repeats):
+            lora_cold.append(
+                _timed(
+                    lambda i=i: (
+                        unet.load_lora_adapter(
+                            tmp, weight_name=LORA_FILE, adapter_name=f"cold{i}", prefix=None
+                        ),
+                        unet.fuse_lora(adapter_names=[f"cold{i}"]),
+                    )
+                )
+            )
+            unet.unfuse_lora()
+            unet.unload_lora()
+        result["diffusers_lora_cold_switch_ms"] = _median_ms(lora_cold)
+
+    # ------------------------------------------------------------ PEFT SHiRA
+    if all(w.dim() == 2 for w in weights.values()):
+        log(f"PEFT SHiRA r={lora_rank} on the same layers ...")
+        unet.add_adapter(ShiraConfig(r=lora_rank, target_modules=modules, random_seed=1), adapter_name="shira_a")
+        unet.add_adapter(ShiraConfig(r=lora_rank, target_modules=modules, random_seed=2), adapter_name="shira_b")
+        result["peft_shira_params"] = _lora_params(unet, "shira_a")
+        _peft_merge(unet, "shira_a")
+        peft_warm = []
+        for _ in range(repeats):
+            for other in ("shira_b", "shira_a"):
+                peft_warm.append(_timed(lambda o=other: (_peft_unmerge(unet), _peft_merge(unet, o))))
+        result["peft_shira_warm_switch_ms"] = _median_ms(peft_warm)
+        _peft_unmerge(unet)
+        unet.unload_lora()
+    else:
+        log("PEFT SHiRA covers nn.Linear only: skipped for targets with convolutions")
+        result["peft_shira_params"] = None
+        result["peft_shira_warm_switch_ms"] = None
+
+    result["speedup_vs_diffusers_lora"] = round(
+        result["diffusers_lora_warm_switch_ms"] / result["shira_warm_switch_ms"], 1
+    )
+    result["speedup_vs_peft_shira"] = (
+        round(result["peft_shira_warm_switch_ms"] / result["shira_warm_switch_ms"], 1)
+        if result["peft_shira_warm_switch_ms"]
+        else None
+    )
+    result["cold_speedup_vs_diffusers_lora"] = round(
+        result["diffusers_lora_cold_switch_ms"] / result["shira_cold_switch_ms"], 1
+    )
+    return result
+
+
+def _lora_params(unet, adapter_name: str) -> int:
+    """Trainable entries of one PEFT adapter (LoRA A+B, or SHiRA values) on the UNet."""
+    suffix = f".{adapter_name}.weight"
+    plain = f".{adapter_name}"
+    return sum(p.numel() for n, p in unet.named_parameters() if n.endswith(suffix) or n.endswith(plain))
+
+
+def format_switch_table(r: dict) -> str:
+    rows = [
+        ("warm switch A -> B (fused)", r["shira_warm_switch_ms"], r["diffusers_lora_warm_switch_ms"], r["peft_shira_warm_switch_ms"]),
+        ("cold switch file -> fused", r["shira_cold_switch_ms"], r["diffusers_lora_cold_switch_ms"], None),
+    ]
+    def cell(v):
+        return "n/a" if v is None else f"{v:.1f}"
+    lines = [
+        f"{r['arch']} UNet, {r['targets']} targets, mask {r['mask']}, "
+        f"{r['shira_params']:,} SHiRA params vs LoRA r={r['lora_rank']} ({r['lora_params']:,} params), "
+        f"median of {r['repeats']}, {r['torch_threads']} threads",
+        f"| {'ms':28} | shira-diffusion | diffusers LoRA | PEFT SHiRA |",
+        f"|{'-' * 30}|-----------------|----------------|------------|",
+    ]
+    for label, ours, lora, peft in rows:
+        lines.append(f"| {label:28} | {cell(ours):>15} | {cell(lora):>14} | {cell(peft):>10} |")
+    lines.append(
+        f"speedup vs diffusers LoRA {r['speedup_vs_diffusers_lora']}x, vs PEFT SHiRA "
+        f"{r['speedup_vs_peft_shira']}x, cold vs diffusers {r['cold_speedup_vs_diffusers_lora']}x; "
+        f"mix of two {r['shira_mix_switch_ms']:.1f} ms, restore {r['shira_restore_ms']:.1f} ms, "
+        f"cold into an empty bank {r['shira_cold_first_ms']:.1f} ms"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""The ``shira`` command. Every subcommand has ``--help``; mistakes end in one line, not a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ShiraError
+from .masks import DEFAULT_MASK, MASK_STRATEGIES
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument prints one line (``shira: error: ...``) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _density(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="shira", description="Sparse high-rank (SHiRA) style adapters for Stable Diffusion.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    bench = commands.add_parser("bench", help="benchmarks measured side by side in one run")
+    bench_kinds = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
+    bench_kinds.required = True
+    switch = bench_kinds.add_parser(
+        "switch",
+        help="style switching: this project vs diffusers LoRA vs PEFT SHiRA",
+        description="Build the full-size UNet with random weights (no download) and time warm and cold "
+        "style switches against diffusers LoRA fuse/unfuse and PEFT SHiRA merge/unmerge at equal "
+        "parameter count. The last line of output is one JSON object.",
+    )
+    switch.add_argument("--arch", choices=["sd15", "sdxl"], default="sd15")
+    switch.add_argument("--mask", choices=MASK_STRATEGIES, default=DEFAULT_MASK)
+    size = switch.add_mutually_exclusive_group()
+    size.add_argument("--r", "--rank", dest="rank", type=_positive_int, help="LoRA-equivalent rank (default 16)")
+    size.add_argument("--density", type=_density, help="share of each weight's entries, e.g. 0.01")
+    switch.add_argument("--targets", choices=["attn", "attn-ff", "all"], default="attn")
+    switch.add_argument("--repeats", type=_positive_int, default=7, help="repetitions per median (>= 5)")
+    switch.add_argument("--json", action="store_true", help="end the output with the JSON object")
+
+    info = commands.add_parser("info", help="describe an adapter file", description="Validate an adapter "
+                               "file and print its metadata and per-tensor statistics.")
+    info.add_argument("adapter", help="a shira-diffusion .safetensors adapter")
+    info.add_argument("--json", action="store_true")
+
+    export = commands.add_parser(
+        "export-peft",
+        help="write an adapter as a PEFT SHiRA checkpoint folder",
+        description="Write a Linear-only adapter sized r*(rows+cols) per layer as adapter_config.json + "
+        "adapter_model.safetensors, loadable with peft.PeftModel.from_pretrained(unet, DIR).",
+    )
+    export.add_argument("adapter")
+    export.add_argument("out_dir")
+
+    imp = commands.add_parser(
+        "import-peft",
+        help="read a PEFT SHiRA checkpoint folder into an adapter file",
+        description="Convert a PEFT SHiRA checkpoint made for a diffusers UNet into a shira-diffusion adapter.",
+    )
+    imp.add_argument("peft_dir")
+    imp.add_argument("out", help="output .safetensors file")
+    imp.add_argument("--arch", choices=["sd15", "sdxl"], help="architecture of the UNet it was made for")
+    imp.add_argument("--unet-config", help="a UNet config.json instead of --arch (e.g. a bundled base's unet/)")
+    imp.add_argument("--name", help="adapter name (default: the folder name)")
+    return parser
+
+
+def _cmd_bench(args) -> None:
+    from .bench import bench_switch, format_switch_table
+
+    rank = args.rank if args.rank is not None or args.density is not None else 16
+    result = bench_switch(
+        arch=args.arch,
+        mask=args.mask,
+        rank=rank,
+        density=args.density,
+        targets=args.targets,
+        repeats=args.repeats,
+        log=lambda text: print(text, file=sys.stderr, flush=True),
+    )
+    print(format_switch_table(result))
+    if args.json:
+        print(json.dumps(result))
+
+
+def _cmd_info(args) -> None:
+    from .adapter import SparseAdapter
+    from .summary import describe
+
+    summary = describe(SparseAdapter.load(args.adapter))
+    if args.json:
+        print(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        if key != "tensors":
+            print(f"{key:>12}: {value}")
+    print(f"{'tensors':>12}:")
+    for row in summary["tensors"]:
+        print(f"  {row['name']}  {row['shape']}  {row['entries']} entries ({row['density']:.2%})  |v| max {row['abs_max']:.3g}")
+
+
+def _cmd_export(args) -> None:
+    from .adapter import SparseAdapter
+    from .peft_shira import export_peft_shira
+
+    directory = export_peft_shira(SparseAdapter.load(args.adapter), args.out_dir)
+    print(f"wrote PEFT SHiRA checkpoint to {directory}")
+
+
+def _cmd_import(args) -> None:
+    from .architecture import FULL_SIZE_CONFIGS
+    from .peft_shira import import_peft_shira
+
+    if (args.arch is None) == (args.unet_config is None):
+        raise ShiraError("give exactly one of --arch or --unet-config")
+    if args.unet_config:
+        try:
+            with open(args.unet_config) as handle:
+                config = json.load(handle)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ShiraError(f"cannot read UNet config {args.unet_config}: {exc}") from None
+    else:
+        config = FULL_SIZE_CONFIGS[args.arch]
+    adapter = import_peft_shira(args.peft_dir, shape_only_unet(config), name=args.name)
+    adapter.save(args.out)
+    print(f"wrote {args.out}: {adapter}")
+
+
+def shape_only_unet(config: dict):
+    """A UNet with every parameter on the meta device: names and shapes, no memory, no download."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        return UNet2DConditionModel.from_config(config)
+
+
+COMMANDS = {"bench": _cmd_bench, "info": _cmd_info, "export-peft": _cmd_export, "import-peft": _cmd_import}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except ShiraError as exc:
+        print(f"shira: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("shira: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
