@@ -59,27 +59,27 @@ class _MaskGroup:
         self._views: list[torch.Tensor] = []  # cached: slicing 500 views costs ~1 ms per switch
         self._pointers: list[int] = []
 
-    def matches(self, indices: Mapping[str, torch.Tensor]) -> bool:
-        if sorted(indices) != self.names:
-            return False
-        return all(
-            indices[n].dtype == torch.int32 and indices[n].shape == self.indices[n].shape
-            and torch.equal(indices[n], self.indices[n])
-            for n in self.names
-        )
+    def gather(self, adapter: SparseAdapter, device: torch.device, compare: bool) -> torch.Tensor | None:
+        """The adapter's values in plan order, one flat buffer (its storage in the bank).
 
-    def to_plan_order(self, adapter: SparseAdapter, device: torch.device) -> torch.Tensor:
-        """The adapter's values gathered into one flat buffer in plan order (its storage in the bank)."""
+        With ``compare``, also check that the adapter's indices are this group's (None if not),
+        tensor by tensor in the same pass, while each tensor's pages are fresh in cache.
+        """
+        if sorted(adapter.indices) != self.names:
+            return None
+        if compare and any(adapter.indices[n].shape != self.indices[n].shape for n in self.names):
+            return None
         dtype = adapter.values[self.names[0]].dtype
         if any(adapter.values[n].dtype != dtype for n in self.names):
             raise ShiraError(f"{adapter.name}: all value tensors must share one dtype")
-        # Gather straight into the one buffer the bank keeps: every extra 10 MB temporary costs
-        # thousands of page faults on a cold load.
         out = torch.empty(self.size, dtype=dtype, device=device)
+
         for name in self.names:
+            if compare and not torch.equal(adapter.indices[name], self.indices[name]):
+                return None
             start, end = self.spans[name]
-            plan = self.plans[name]
-            torch.index_select(adapter.values[name].to(device), 0, plan.order_on(device), out=out[start:end])
+            values = adapter.values[name].to(device)
+            torch.index_select(values, 0, self.plans[name].order_on(device), out=out[start:end])
         return out
 
     def read(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -228,14 +228,20 @@ class StyleBank:
         with self._lock:
             if name in self._entries:
                 raise ShiraError(f"an adapter named {name!r} is already in the bank; remove it first")
-            group = next((g for g in self._groups if g.matches(adapter.indices)), None)
-            # Indices equal to a held mask are valid by construction; values are checked below,
-            # in one pass over the gathered buffer.
-            adapter.validate(source or name, check_indices=group is None, check_values=False)
+            # Structure first (keys, dtypes, lengths); then indices equal to a held mask are valid
+            # by construction, and values are checked in one pass over the gathered buffer.
+            adapter.validate(source or name, check_indices=False, check_values=False)
+            device = next(iter(self._params.values())).device
+            group, values = None, None
+            for candidate in self._groups:
+                values = candidate.gather(adapter, device, compare=True)
+                if values is not None:
+                    group = candidate
+                    break
             if group is None:
+                adapter.validate(source or name, check_values=False)
                 group = self._new_group(adapter.indices)
-            device = self._params[group.names[0]].device
-            values = group.to_plan_order(adapter, device)
+                values = group.gather(adapter, device, compare=False)
             if not all_finite(values):
                 adapter.validate(source or name)  # raises, naming the tensor and position
             meta = SparseAdapter.__new__(SparseAdapter)
@@ -282,19 +288,19 @@ class StyleBank:
                 entry = self._entries[name]
                 new_groups.setdefault(entry.group, []).append((entry, weight))
             old_groups = {self._entries[n].group for n in self._active}
-            if len(new_groups) == 1 and old_groups <= set(new_groups):
-                # Warm switch inside one mask group: one fused write over exactly those entries.
-                group, members = next(iter(new_groups.items()))
-                group.write(self._params, group.compose(group.original, members))
+            if len(new_groups) <= 1:
+                # Lift the groups that leave, then write the new group whole: it overwrites any
+                # overlap. A warm switch inside one group is just that one fused write.
+                for group in old_groups - set(new_groups):
+                    group.write(self._params, group.original)
+                for group, members in new_groups.items():
+                    group.write(self._params, group.compose(group.original, members))
             else:
+                # Masks may overlap: start from pristine entries, then add group after group.
                 for group in old_groups | set(new_groups):
                     group.write(self._params, group.original)
-                if len(new_groups) == 1:
-                    group, members = next(iter(new_groups.items()))
-                    group.write(self._params, group.compose(group.original, members))
-                else:  # masks may overlap: accumulate group after group on top of what is there
-                    for group, members in new_groups.items():
-                        group.write(self._params, group.compose(group.read(self._params), members))
+                for group, members in new_groups.items():
+                    group.write(self._params, group.compose(group.read(self._params), members))
             self._active = mix
 
     def restore(self) -> None:

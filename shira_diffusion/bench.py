@@ -148,19 +148,21 @@ def bench_switch(
         path = os.path.join(tmp, "style.safetensors")
         ad_a.save(path)
         result["shira_file_mb"] = round(os.path.getsize(path) / 2**20, 2)
-        cold, cold_first = [], []
+        # Cold: a new adapter file into a bank already serving this base (mix B fused).
+        cold = []
         for i in range(repeats):
             bank.apply({"b": 1.0})
             cold.append(_timed(lambda i=i: bank.apply({bank.load(path, name=f"cold{i}"): 1.0})))
             bank.remove(f"cold{i}")
-            # the same, into an empty bank: includes building the scatter plans for a new mask
+        result["shira_cold_switch_ms"] = _median_ms(cold)
+        bank.restore()
+        # The same into an empty bank: adds building the scatter plans of a mask never seen.
+        cold_first = []
+        for _ in range(repeats):
             fresh = StyleBank(unet)
-            bank.restore()
             cold_first.append(_timed(lambda: fresh.apply({fresh.load(path): 1.0})))
             fresh.restore()
-        result["shira_cold_switch_ms"] = _median_ms(cold)
         result["shira_cold_first_ms"] = _median_ms(cold_first)
-    bank.restore()
     del bank, fresh
 
     # ------------------------------------------------------------ diffusers LoRA

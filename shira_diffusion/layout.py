@@ -48,7 +48,8 @@ class ScatterPlan:
         flat = indices.detach().cpu().to(torch.int64).numpy()
         self.numel = len(flat)
         self.blocks, order, remainder = _analyse(flat)
-        self.order = torch.from_numpy(order)  # plan position -> sorted position
+        # plan position -> sorted position; int32 halves the index traffic of the gather on a cold load
+        self.order = torch.from_numpy(order.astype(np.int32))
         self.remainder = torch.from_numpy(flat[remainder])  # sorted int64 flat indices
         self.size = len(self.order)  # plan-order length: numel plus entries where blocks overlap
         self._device_remainder: dict[torch.device, torch.Tensor] = {}
