@@ -296,11 +296,13 @@ class StyleBank:
                 for group, members in new_groups.items():
                     group.write(self._params, group.compose(group.original, members))
             else:
-                # Masks may overlap: start from pristine entries, then add group after group.
-                for group in old_groups | set(new_groups):
+                # Masks may overlap. Lifting the old groups leaves every entry pristine; the first
+                # group is then written whole, the others added on top of what is there.
+                for group in old_groups:
                     group.write(self._params, group.original)
-                for group, members in new_groups.items():
-                    group.write(self._params, group.compose(group.read(self._params), members))
+                for i, (group, members) in enumerate(new_groups.items()):
+                    base = group.original if i == 0 else group.read(self._params)
+                    group.write(self._params, group.compose(base, members))
             self._active = mix
 
     def restore(self) -> None:

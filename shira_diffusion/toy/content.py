@@ -1,0 +1,62 @@
+"""Read a toy-world image back: background color, object color, shape.
+
+No learned judge: the palette is known exactly, so colors are the nearest palette entries of robust
+pixel statistics, and the shape follows from the object's silhouette (how much of its bounding box
+it fills, and whether its center is hollow). These are the content measures every later claim
+(training, fusion, transfer) uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .world import COLORS
+
+_PALETTE_NAMES = list(COLORS)
+_PALETTE = np.array([COLORS[n] for n in _PALETTE_NAMES], dtype=np.float64)
+
+
+def nearest_color(rgb: np.ndarray) -> str:
+    return _PALETTE_NAMES[int(np.argmin(((_PALETTE - np.asarray(rgb, dtype=np.float64)) ** 2).sum(axis=1)))]
+
+
+def read_content(image: np.ndarray) -> dict[str, str | None]:
+    """``{"background", "color", "shape"}`` of an RGB uint8 (H, W, 3) image; None where unreadable."""
+    pixels = np.asarray(image, dtype=np.float64)[..., :3]
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background_rgb = np.median(border, axis=0)
+    background = nearest_color(background_rgb)
+    distance = np.sqrt(((pixels - background_rgb) ** 2).sum(axis=-1))
+    obj = distance > 60.0
+    if obj.sum() < 20:
+        return {"background": background, "color": None, "shape": None}
+    # The object's own color: pixels far from the background, inner ones (antialiased edges blend).
+    far = distance >= np.percentile(distance[obj], 50)
+    color = nearest_color(np.median(pixels[far], axis=0))
+    if color == background:
+        color = None
+    return {"background": background, "color": color, "shape": classify_shape(obj)}
+
+
+def classify_shape(mask: np.ndarray) -> str:
+    """Circle, square, triangle or ring from a boolean silhouette."""
+    ys, xs = np.nonzero(mask)
+    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    height, width = bottom - top + 1, right - left + 1
+    fill = mask.sum() / float(height * width)
+    cy, cx = (top + bottom) / 2.0, (left + right) / 2.0
+    # A ring's middle (within a third of its radius) is background.
+    r = min(height, width) / 2.0
+    yy, xx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+    core = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r / 3.0) ** 2
+    if core.any() and mask[core].mean() < 0.5:
+        return "ring"
+    if fill > 0.9:
+        return "square"
+    # Triangle: the top rows are much narrower than the bottom ones; a circle is symmetric.
+    upper = mask[top : top + max(1, height // 4)].sum()
+    lower = mask[bottom - max(1, height // 4) + 1 : bottom + 1].sum()
+    if fill < 0.65 or upper < 0.5 * lower:
+        return "triangle"
+    return "circle"
+
