@@ -9,8 +9,10 @@ trainable-parameter counts and identical target layers:
   ``unet.fuse_lora(adapter_names=[other])``, both LoRAs loaded;
 - PEFT SHiRA's switch: unmerge then merge of the other adapter on every SHiRA layer (what
   ``PeftModel.unmerge_adapter`` / ``merge_adapter`` run);
-- cold switch: from the adapter file on disk to fused, against ``unet.load_lora_adapter`` +
-  ``fuse_lora`` of a diffusers LoRA file.
+- cold switch: from the adapter file on disk to fused, against diffusers loading the same LoRA
+  from disk and fusing it, both through the model API (``unet.load_lora_adapter`` +
+  ``unet.fuse_lora``, the leaner path) and the pipeline API most users call
+  (``pipe.load_lora_weights`` + ``pipe.fuse_lora``).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def bench_switch(
     unet=None,
 ) -> dict:
     """Run the switch benchmark; ``unet`` replaces the full-size one (tests use tiny UNets)."""
-    from peft import LoraConfig, ShiraConfig
+    from peft import LoraConfig, ShiraConfig, get_peft_model_state_dict
 
     if repeats < 5:
         raise ShiraError("repeats must be at least 5 (medians of fewer runs are noise)")
@@ -177,28 +179,40 @@ def bench_switch(
         for other in ("lora_b", "lora_a"):
             lora_warm.append(_timed(lambda o=other: (unet.unfuse_lora(), unet.fuse_lora(adapter_names=[o]))))
     result["diffusers_lora_warm_switch_ms"] = _median_ms(lora_warm)
-    with tempfile.TemporaryDirectory() as tmp:
-        unet.save_lora_adapter(tmp, adapter_name="lora_a")
-        result["lora_file_mb"] = round(
-            os.path.getsize(os.path.join(tmp, LORA_FILE)) / 2**20, 2
-        )
+    with tempfile.TemporaryDirectory() as model_dir, tempfile.TemporaryDirectory() as pipe_dir:
+        # The same LoRA in both diffusers layouts: the model-level file, and the pipeline file
+        # (keys prefixed "unet.") that LoRAs are shared as.
+        unet.save_lora_adapter(model_dir, adapter_name="lora_a")
+        pipeline_class = _pipeline_class(family)
+        pipeline_class.save_lora_weights(pipe_dir, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name="lora_a"))
+        result["lora_file_mb"] = round(os.path.getsize(os.path.join(model_dir, LORA_FILE)) / 2**20, 2)
         unet.unfuse_lora()
         unet.unload_lora()
+
+        def model_level(i: int):
+            unet.load_lora_adapter(model_dir, weight_name=LORA_FILE, adapter_name=f"cold{i}", prefix=None)
+            unet.fuse_lora(adapter_names=[f"cold{i}"])
+
         lora_cold = []
         for i in range(repeats):
-            lora_cold.append(
-                _timed(
-                    lambda i=i: (
-                        unet.load_lora_adapter(
-                            tmp, weight_name=LORA_FILE, adapter_name=f"cold{i}", prefix=None
-                        ),
-                        unet.fuse_lora(adapter_names=[f"cold{i}"]),
-                    )
-                )
-            )
+            lora_cold.append(_timed(lambda i=i: model_level(i)))
             unet.unfuse_lora()
             unet.unload_lora()
         result["diffusers_lora_cold_switch_ms"] = _median_ms(lora_cold)
+
+        pipe = _unet_only_pipeline(pipeline_class, unet)
+
+        def pipeline_level(i: int):
+            pipe.load_lora_weights(pipe_dir, adapter_name=f"cold{i}")
+            pipe.fuse_lora(adapter_names=[f"cold{i}"])
+
+        pipe_cold = []
+        for i in range(repeats):
+            pipe_cold.append(_timed(lambda i=i: pipeline_level(i)))
+            pipe.unfuse_lora()
+            pipe.unload_lora_weights()
+        result["diffusers_pipeline_lora_cold_switch_ms"] = _median_ms(pipe_cold)
+        del pipe
 
     # ------------------------------------------------------------ PEFT SHiRA
     if all(w.dim() == 2 for w in weights.values()):
@@ -230,7 +244,29 @@ def bench_switch(
     result["cold_speedup_vs_diffusers_lora"] = round(
         result["diffusers_lora_cold_switch_ms"] / result["shira_cold_switch_ms"], 1
     )
+    result["cold_speedup_vs_diffusers_pipeline_lora"] = round(
+        result["diffusers_pipeline_lora_cold_switch_ms"] / result["shira_cold_switch_ms"], 1
+    )
     return result
+
+
+def _pipeline_class(family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+def _unet_only_pipeline(pipeline_class, unet):
+    """A pipeline around the benchmark UNet: ``load_lora_weights`` only needs the UNet when the
+    LoRA file has no text-encoder keys, and full-size text encoders would only cost memory."""
+    from diffusers import DDIMScheduler
+
+    parts = dict(vae=None, text_encoder=None, tokenizer=None, unet=unet, scheduler=DDIMScheduler())
+    if pipeline_class.__name__ == "StableDiffusionXLPipeline":
+        parts.update(text_encoder_2=None, tokenizer_2=None)
+    else:
+        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return pipeline_class(**parts)
 
 
 def _lora_params(unet, adapter_name: str) -> int:
@@ -244,6 +280,7 @@ def format_switch_table(r: dict) -> str:
     rows = [
         ("warm switch A -> B (fused)", r["shira_warm_switch_ms"], r["diffusers_lora_warm_switch_ms"], r["peft_shira_warm_switch_ms"]),
         ("cold switch file -> fused", r["shira_cold_switch_ms"], r["diffusers_lora_cold_switch_ms"], None),
+        ("  same, diffusers pipeline API", None, r["diffusers_pipeline_lora_cold_switch_ms"], None),
     ]
     def cell(v):
         return "n/a" if v is None else f"{v:.1f}"
@@ -258,7 +295,8 @@ def format_switch_table(r: dict) -> str:
         lines.append(f"| {label:28} | {cell(ours):>15} | {cell(lora):>14} | {cell(peft):>10} |")
     lines.append(
         f"speedup vs diffusers LoRA {r['speedup_vs_diffusers_lora']}x, vs PEFT SHiRA "
-        f"{r['speedup_vs_peft_shira']}x, cold vs diffusers {r['cold_speedup_vs_diffusers_lora']}x; "
+        f"{r['speedup_vs_peft_shira']}x, cold vs diffusers {r['cold_speedup_vs_diffusers_lora']}x "
+        f"(pipeline API {r['cold_speedup_vs_diffusers_pipeline_lora']}x); "
         f"mix of two {r['shira_mix_switch_ms']:.1f} ms, restore {r['shira_restore_ms']:.1f} ms, "
         f"cold into an empty bank {r['shira_cold_first_ms']:.1f} ms"
     )

@@ -93,5 +93,6 @@ def test_switch_benchmark_runs_every_contender(mask):
         assert result[key] > 0, key
     assert result["shira_params"] == result["lora_params"] == result["peft_shira_params"]
     assert result["speedup_vs_diffusers_lora"] > 0 and result["cold_speedup_vs_diffusers_lora"] > 0
+    assert result["diffusers_pipeline_lora_cold_switch_ms"] > 0
     assert "shira-diffusion" in format_switch_table(result)
     json.dumps(result)
