@@ -1,13 +1,15 @@
 """ScatterPlan: read and write a fixed set of entries of one weight tensor as fast as memory allows.
 
-Writing K values at K sorted indices with ``index_put_`` costs about one cache miss per value
-(25 ms for the 3.2 M entries of an r=16 SD1.5 attention adapter on a 2-core CPU). Structured masks
-have far more locality: whole rows, a band of columns, a diagonal. A plan finds that structure in
-the indices alone, with no hint from the mask that made them: it cuts the sorted indices into runs
-of consecutive entries, groups runs of equal length whose starts advance by a constant stride, and
-turns each group into one strided 2-D view of the weight. Writing then is a few ``copy_`` calls per
-tensor (4 ms for the same count). Entries that form no worthwhile view go through one
-``index_put_``, so unstructured masks cost what they must and no more.
+Writing K values at K sorted indices with ``index_put_`` costs about one cache miss per value.
+Structured masks have far more locality: whole rows, a band of columns, a diagonal. A plan finds
+that structure in the indices alone, with no hint from the mask that made them: it cuts the sorted
+indices into runs of consecutive entries and, longest runs first, extends each into the longest
+progression of equal runs at a constant stride that stays inside the index set; each progression
+becomes one strided 2-D view of the weight. Blocks may overlap (the diagonal crosses the column
+band and the full rows); overlapping entries are written twice with the same value. Writing is
+then a few ``copy_`` calls per tensor. Entries no worthwhile block covers go through one
+``index_put_``, so unstructured masks cost what they must and no more. (The ``restore`` column
+of ``shira bench switch`` shows both: ~3 ms for struct against ~24 ms for rand at 3.2 M entries.)
 
 Values are kept in *plan order*: the elements of view 0 row-major, then view 1, ..., then the
 remainder in sorted order. ``plan.order`` maps plan order to sorted order; views may overlap, so

@@ -7,9 +7,9 @@ Linear ``(out, in)``; Conv2d ``(out, in * kh * kw)``, the layout ``weight.view(o
   constant stride. High rank (diagonal + rows + columns), and every part is one strided block in
   memory, so the bank writes it with three ``copy_`` calls per tensor (see ``layout.py``).
   The paper's Struct spaces the columns too; a contiguous band touches one cache line per row
-  instead of one per entry (writing the r=16 SD1.5 attention entries: 4 ms against 32 ms on a
-  2-core CPU, where random indices take 25 ms). The columns of a layer are interchangeable up to
-  a permutation of its input neurons, so the band costs nothing in expressiveness.
+  instead of one per column entry, which makes the writes several times cheaper (see
+  ``shira bench switch``). The columns of a layer are interchangeable up to a permutation of its
+  input neurons, so the band costs nothing in expressiveness.
 - ``rand``: uniformly random entries (PEFT's only mask), seeded per tensor.
 - ``wm``: the largest ``|W|`` per tensor.
 - ``grad``: the largest accumulated ``|grad|`` over calibration batches.
