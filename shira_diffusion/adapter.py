@@ -134,6 +134,14 @@ class SparseAdapter:
             **self._describe(),
         )
 
+    def header_only(self, name: str | None = None) -> "SparseAdapter":
+        """A copy with the metadata and shapes but no tensors (not a valid adapter on its own):
+        what a StyleBank keeps once it holds the values in its own layout."""
+        header = SparseAdapter.__new__(SparseAdapter)
+        header.__dict__.update(self.__dict__, indices={}, values={}, recipe=dict(self.recipe))
+        header.name = name or self.name
+        return header
+
     def _describe(self) -> dict:
         return dict(
             base_arch=self.base_arch,

@@ -11,8 +11,9 @@ How switching stays fast and exact:
   mix of adapters in one group is one fused vector ``orig + sum(w * values)`` written through
   the plans, and a switch between two such mixes writes that vector and nothing else.
 - Restoring writes the saved pristine values back: bit-identical in fp32, fp16 and bf16.
-- Mixes that span several groups (adapters with different masks) restore the groups involved,
-  then add each group's contribution in turn, so overlapping masks add up correctly.
+- Mixes that span several groups (adapters with different masks) lift the groups that were
+  fused, write the first group whole, then add each other group on top of what is there, so
+  overlapping masks add up correctly.
 - One re-entrant lock guards every write. ``with bank.use(mix): pipe(...)`` holds it for the
   whole generation, so no generation ever sees a half-applied mix.
 """
@@ -150,7 +151,7 @@ def _copy_all(destinations: list[torch.Tensor], sources: list[torch.Tensor]) -> 
 
 @dataclass
 class _Entry:
-    adapter: SparseAdapter  # metadata only: its tensors are dropped once values are in plan order
+    adapter: SparseAdapter  # header only: the values live in ``values``, the indices in the group
     group: _MaskGroup
     values: torch.Tensor  # flat, in the group's plan order, on the weights' device
 
@@ -190,9 +191,24 @@ class StyleBank:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def info(self, name: str) -> SparseAdapter:
-        """The adapter's metadata (name, trigger, mask, recipe); its tensors live in the bank."""
-        return self._entry(name).adapter
+    def info(self, name: str) -> dict:
+        """What the bank knows of a held adapter: name, trigger, mask, family, size, recipe."""
+        entry = self._entry(name)
+        meta = entry.adapter
+        entries = sum(plan.numel for plan in entry.group.plans.values())
+        total = sum(math.prod(shape) for shape in meta.shapes.values())
+        return {
+            "name": name,
+            "trigger": meta.trigger,
+            "mask": meta.mask,
+            "base_arch": meta.base_arch,
+            "description": meta.description,
+            "params": entries,
+            "density": entries / total,
+            "dtype": str(entry.values.dtype).removeprefix("torch."),
+            "recipe": dict(meta.recipe),
+            "active_weight": self._active.get(name, 0.0),
+        }
 
     def adapter(self, name: str) -> SparseAdapter:
         """Rebuild the full SparseAdapter (indices and values) of a held adapter."""
@@ -244,10 +260,7 @@ class StyleBank:
                 values = group.gather(adapter, device, compare=False)
             if not all_finite(values):
                 adapter.validate(source or name)  # raises, naming the tensor and position
-            meta = SparseAdapter.__new__(SparseAdapter)
-            meta.__dict__.update(adapter.__dict__, indices={}, values={})
-            meta.name = name
-            self._entries[name] = _Entry(meta, group, values)
+            self._entries[name] = _Entry(adapter.header_only(name), group, values)
         return name
 
     def remove(self, name: str) -> None:

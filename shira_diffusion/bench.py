@@ -44,6 +44,15 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def _cold_median(repeats: int, load: Callable[[int], object], unload: Callable[[], object]) -> float:
+    """Median time of ``load(i)`` (file -> fused), with the untimed ``unload()`` after each."""
+    samples = []
+    for i in range(repeats):
+        samples.append(_timed(lambda: load(i)))
+        unload()
+    return _median_ms(samples)
+
+
 def random_adapter(
     weights: dict[str, torch.Tensor],
     family: str,
@@ -193,12 +202,9 @@ def bench_switch(
             unet.load_lora_adapter(model_dir, weight_name=LORA_FILE, adapter_name=f"cold{i}", prefix=None)
             unet.fuse_lora(adapter_names=[f"cold{i}"])
 
-        lora_cold = []
-        for i in range(repeats):
-            lora_cold.append(_timed(lambda i=i: model_level(i)))
-            unet.unfuse_lora()
-            unet.unload_lora()
-        result["diffusers_lora_cold_switch_ms"] = _median_ms(lora_cold)
+        result["diffusers_lora_cold_switch_ms"] = _cold_median(
+            repeats, model_level, lambda: (unet.unfuse_lora(), unet.unload_lora())
+        )
 
         pipe = _unet_only_pipeline(pipeline_class, unet)
 
@@ -206,12 +212,9 @@ def bench_switch(
             pipe.load_lora_weights(pipe_dir, adapter_name=f"cold{i}")
             pipe.fuse_lora(adapter_names=[f"cold{i}"])
 
-        pipe_cold = []
-        for i in range(repeats):
-            pipe_cold.append(_timed(lambda i=i: pipeline_level(i)))
-            pipe.unfuse_lora()
-            pipe.unload_lora_weights()
-        result["diffusers_pipeline_lora_cold_switch_ms"] = _median_ms(pipe_cold)
+        result["diffusers_pipeline_lora_cold_switch_ms"] = _cold_median(
+            repeats, pipeline_level, lambda: (pipe.unfuse_lora(), pipe.unload_lora_weights())
+        )
         del pipe
 
     # ------------------------------------------------------------ PEFT SHiRA

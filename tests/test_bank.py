@@ -150,7 +150,9 @@ def test_adapter_round_trips_through_the_bank(tmp_path):
     bank.adapter("ink").save(path)
     other = StyleBank(make_unet(TINY_SD))
     assert other.load(path) == "ink"
-    assert other.info("ink").trigger == "ink-style"
+    info = other.info("ink")
+    assert info["trigger"] == "ink-style" and info["params"] == adapters["ink"].num_params
+    assert info["density"] == pytest.approx(adapters["ink"].density) and info["active_weight"] == 0.0
 
 
 def test_use_holds_the_lock_so_generations_never_see_half_a_mix():
