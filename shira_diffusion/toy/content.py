@@ -20,14 +20,24 @@ def nearest_color(rgb: np.ndarray) -> str:
     return _PALETTE_NAMES[int(np.argmin(((_PALETTE - np.asarray(rgb, dtype=np.float64)) ** 2).sum(axis=1)))]
 
 
-def read_content(image: np.ndarray) -> dict[str, str | None]:
-    """``{"background", "color", "shape"}`` of an RGB uint8 (H, W, 3) image; None where unreadable."""
+OBJECT_DISTANCE = 60.0  # RGB distance from the background above which a pixel is the object's
+
+
+def background_and_object(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The background RGB (median of the border pixels) and the boolean object mask."""
     pixels = np.asarray(image, dtype=np.float64)[..., :3]
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     background_rgb = np.median(border, axis=0)
+    distance = np.sqrt(((pixels - background_rgb) ** 2).sum(axis=-1))
+    return background_rgb, distance > OBJECT_DISTANCE
+
+
+def read_content(image: np.ndarray) -> dict[str, str | None]:
+    """``{"background", "color", "shape"}`` of an RGB uint8 (H, W, 3) image; None where unreadable."""
+    pixels = np.asarray(image, dtype=np.float64)[..., :3]
+    background_rgb, obj = background_and_object(image)
     background = nearest_color(background_rgb)
     distance = np.sqrt(((pixels - background_rgb) ** 2).sum(axis=-1))
-    obj = distance > 60.0
     if obj.sum() < 20:
         return {"background": background, "color": None, "shape": None}
     # The object's own color: pixels far from the background, inner ones (antialiased edges blend).

@@ -1,0 +1,276 @@
+"""Procedural style looks of the toy world, and a measure of how strongly an image shows each.
+
+Every look changes a different property of the image, so two looks combine and each stays
+measurable in the mix:
+
+| look | kind | what it does | its measure |
+|---|---|---|---|
+| pixel | resolution | averages 4x4 blocks | share of the gradient energy on the 4 px block grid |
+| outline | overlay | a 3 px magenta band around the object | share of pixels explained by the band color |
+| hatching | texture | darkens diagonal lines ``(x + y) mod 8 < 3`` | spectral energy at (8, 8) minus (8, -8) |
+| halftone | texture | ink dots on a grid of period 8, paper white between | spectral energy at (8, 0) and (0, 8) |
+| pastel | color | halfway to white | share of regions (background, object) explained by a pastel color |
+| night | color | darker, bluer | share of regions explained by a night color |
+
+Looks keep the object's hue and silhouette, so content stays readable under them (luminance-only
+looks such as sepia would merge red and purple, which have the same luminance). A mix applies
+its looks in ``ORDER`` (overlay, texture, resolution, color). Pairs in ``CONFLICTS`` erase each
+other (4 px blocks average an 8 px texture away; two color maps compose into a third) and are
+not offered as mixes. "Explained": see ``_candidates``.
+
+Measures return a strength score; ``THRESHOLDS`` holds the score above which an image counts as
+showing the look (set between unstyled and styled rendered images; see tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from .content import background_and_object
+from .world import COLORS
+
+BLOCK = 4
+PERIOD = 8
+OUTLINE_RGB = np.array([255.0, 0.0, 200.0])
+WHITE = np.array([250.0, 250.0, 250.0])
+NIGHT_SCALE, NIGHT_SHIFT = 0.45, np.array([0.0, 10.0, 45.0])
+
+
+def _float(image: np.ndarray) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64)[..., :3]
+
+
+def _uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def pixel(image: np.ndarray) -> np.ndarray:
+    x = _float(image)
+    h, w, _ = x.shape
+    blocks = x.reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK, 3).mean(axis=(1, 3))
+    return _uint8(np.repeat(np.repeat(blocks, BLOCK, axis=0), BLOCK, axis=1))
+
+
+def outline(image: np.ndarray) -> np.ndarray:
+    x = _float(image)
+    _, mask = background_and_object(image)
+    band = _dilate(mask, 3) & ~mask
+    x[band] = OUTLINE_RGB
+    return _uint8(x)
+
+
+def hatching(image: np.ndarray) -> np.ndarray:
+    x = _float(image)
+    yy, xx = np.mgrid[0 : x.shape[0], 0 : x.shape[1]]
+    lines = (xx + yy) % PERIOD < 3
+    x[lines] *= 0.45
+    return _uint8(x)
+
+
+def halftone(image: np.ndarray) -> np.ndarray:
+    x = _float(image)
+    yy, xx = np.mgrid[0 : x.shape[0], 0 : x.shape[1]]
+    centre = (PERIOD - 1) / 2.0
+    dots = ((yy % PERIOD) - centre) ** 2 + ((xx % PERIOD) - centre) ** 2 <= 2.6**2
+    x[dots] *= 0.7  # ink dots, visible on white too
+    x[~dots] = 0.3 * x[~dots] + 0.7 * WHITE
+    return _uint8(x)
+
+
+def pastel(image: np.ndarray) -> np.ndarray:
+    return _uint8(0.5 * _float(image) + 0.5 * WHITE)
+
+
+def night(image: np.ndarray) -> np.ndarray:
+    return _uint8(NIGHT_SCALE * _float(image) + NIGHT_SHIFT)
+
+
+LOOKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "pixel": pixel,
+    "outline": outline,
+    "hatching": hatching,
+    "halftone": halftone,
+    "pastel": pastel,
+    "night": night,
+}
+ORDER = ("outline", "hatching", "halftone", "pixel", "pastel", "night")
+CONFLICTS = {
+    frozenset(p)
+    for p in (
+        ("pixel", "hatching"),  # 4 px blocks average an 8 px texture away
+        ("pixel", "halftone"),
+        ("pixel", "outline"),  # ... and blend a 3 px band into its neighbours
+        ("hatching", "halftone"),  # two textures on one grid
+        ("pastel", "night"),  # two color maps compose into a third
+    )
+}
+
+
+def apply_looks(image: np.ndarray, names: Iterable[str]) -> np.ndarray:
+    """Apply one or more looks in the canonical order."""
+    names = list(dict.fromkeys(names))
+    for name in names:
+        if name not in LOOKS:
+            raise ValueError(f"unknown look {name!r}; the toy world has {', '.join(LOOKS)}")
+    for a in names:
+        for b in names:
+            if frozenset((a, b)) in CONFLICTS:
+                raise ValueError(f"looks {a!r} and {b!r} erase each other and cannot be mixed")
+    for name in ORDER:
+        if name in names:
+            image = LOOKS[name](image)
+    return image
+
+
+# ---------------------------------------------------------------------------------- measures
+def _luminance(image: np.ndarray) -> np.ndarray:
+    x = _float(image)
+    return 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+
+
+def pixel_strength(image: np.ndarray) -> float:
+    lum = _luminance(image)
+    dx = np.abs(np.diff(lum, axis=1))
+    dy = np.abs(np.diff(lum, axis=0))
+    on_grid_x = (np.arange(dx.shape[1]) % BLOCK) == BLOCK - 1
+    on_grid_y = (np.arange(dy.shape[0]) % BLOCK) == BLOCK - 1
+    total = dx.sum() + dy.sum()
+    if total < 1e-6:
+        return 0.0
+    return float((dx[:, on_grid_x].sum() + dy[on_grid_y, :].sum()) / total)
+
+
+def _candidates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every color a rendered image can have under any allowed mix, with its story.
+
+    Candidates are every palette color and the outline color, first through each texture's color
+    change (none, hatching's darkening, halftone's lightening), then through each color look
+    (none, pastel, night). Returns (candidates, color look of each, whether it is the outline).
+    """
+    bases = np.concatenate([np.array(list(COLORS.values()), dtype=np.float64), OUTLINE_RGB[None]])
+    is_outline = np.arange(len(bases)) == len(bases) - 1
+    textures = [lambda c: c, lambda c: 0.45 * c, lambda c: 0.7 * c, lambda c: 0.3 * c + 0.7 * WHITE]
+    colors = {"plain": lambda c: c, "pastel": lambda c: 0.5 * c + 0.5 * WHITE, "night": lambda c: NIGHT_SCALE * c + NIGHT_SHIFT}
+    candidates, story, outline_flag = [], [], []
+    for name, color in colors.items():
+        for t, texture in enumerate(textures):
+            # Mixes hold two looks: the outline color goes through a texture or a color look, not both.
+            keep = ~is_outline if (t > 0 and name != "plain") else np.ones(len(bases), dtype=bool)
+            candidates.append(np.clip(np.round(color(texture(bases[keep]))), 0, 255))
+            story += [name] * int(keep.sum())
+            outline_flag += list(is_outline[keep])
+    candidates = np.concatenate(candidates)
+    story, outline_flag = np.array(story), np.array(outline_flag)
+    if "white" in COLORS:  # pastel white is white: it says nothing about pastel
+        white = np.array(COLORS["white"], dtype=np.float64)
+        story[(story == "pastel") & (np.abs(candidates - white).max(axis=1) < 12)] = "plain"
+    return candidates, story, outline_flag
+
+
+_CANDIDATES = _candidates()
+FIT = 24.0  # RGB distance within which a region's color counts as explained by a candidate
+OUTLINE_FIT = 16.0  # tighter for single pixels: blends of two colors must not pass for the band
+
+
+def _stories(colors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each color: the color look of its nearest candidate, outline or not, and the distance."""
+    candidates, story, outline_flag = _CANDIDATES
+    d2 = ((colors.reshape(-1, 1, 3) - candidates[None]) ** 2).sum(-1)
+    nearest = d2.argmin(axis=1)
+    return story[nearest], outline_flag[nearest], np.sqrt(d2[np.arange(len(nearest)), nearest])
+
+
+def _region_colors(image: np.ndarray) -> np.ndarray:
+    """The dominant colors of the background and of the object (robust to textures, edges and
+    blocks, which a per-pixel vote is not: a pixelated red disc on white has boundary blocks that
+    are exactly pastel red)."""
+    x = _float(image)
+    background, mask = background_and_object(image)
+    colors = [_dominant(x[~mask]) if (~mask).sum() >= 20 else background]
+    if mask.sum() >= 20:
+        colors.append(_dominant(x[mask]))
+    return np.array(colors)
+
+
+def _dominant(pixels: np.ndarray) -> np.ndarray:
+    """The median of the most common coarse color (32 levels a channel): a region's own color even
+    when blocks, edges or a texture cover part of it, and robust to noise."""
+    bins = (pixels // 32).astype(np.int64) @ np.array([64, 8, 1])
+    values, counts = np.unique(bins, return_counts=True)
+    return np.median(pixels[bins == values[counts.argmax()]], axis=0)
+
+
+def _color_look_strength(image: np.ndarray, look: str) -> float:
+    """Share of the two regions (background, object) whose color is explained by ``look``."""
+    story, _, distance = _stories(_region_colors(image))
+    return float(np.mean((story == look) & (distance < FIT)))
+
+
+def outline_strength(image: np.ndarray) -> float:
+    """Share of pixels closely explained by the band color (under any texture and color look)."""
+    _, is_outline, distance = _stories(_float(image))
+    return float((is_outline & (distance < OUTLINE_FIT)).mean())
+
+
+def _spectrum(image: np.ndarray) -> np.ndarray:
+    lum = _luminance(image)
+    power = np.abs(np.fft.fft2(lum - lum.mean())) ** 2
+    return power / max(power.sum(), 1e-9)
+
+
+def hatching_strength(image: np.ndarray) -> float:
+    p = _spectrum(image)
+    n = p.shape[0] // PERIOD
+    along = p[n, n] + p[-n, -n]
+    across = p[n, -n] + p[-n, n]
+    return float(along - across)
+
+
+def halftone_strength(image: np.ndarray) -> float:
+    p = _spectrum(image)
+    n = p.shape[0] // PERIOD
+    return float(p[n, 0] + p[-n, 0] + p[0, n] + p[0, -n])
+
+
+def pastel_strength(image: np.ndarray) -> float:
+    return _color_look_strength(image, "pastel")
+
+
+def night_strength(image: np.ndarray) -> float:
+    return _color_look_strength(image, "night")
+
+
+MEASURES: dict[str, Callable[[np.ndarray], float]] = {
+    "pixel": pixel_strength,
+    "outline": outline_strength,
+    "hatching": hatching_strength,
+    "halftone": halftone_strength,
+    "pastel": pastel_strength,
+    "night": night_strength,
+}
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    out = mask.copy()
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dx * dx + dy * dy <= radius * radius:
+                out |= np.roll(np.roll(mask, dy, axis=0), dx, axis=1)
+    return out
+
+# Score above which an image counts as showing the look: between the highest score of unstyled
+# and other-look images and the lowest of styled ones on rendered data (tests/test_toy_looks.py).
+THRESHOLDS: dict[str, float] = {
+    "pixel": 0.95,
+    "outline": 0.025,
+    "hatching": 0.02,
+    "halftone": 0.15,
+    "pastel": 0.25,  # one of the two regions: a pastel object on a white background counts
+    "night": 0.75,  # both regions
+}
+
+
+def shows_look(image: np.ndarray, name: str) -> bool:
+    return MEASURES[name](image) >= THRESHOLDS[name]
