@@ -79,7 +79,70 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--arch", choices=["sd15", "sdxl"], help="architecture of the UNet it was made for")
     imp.add_argument("--unet-config", help="a UNet config.json instead of --arch (e.g. a bundled base's unet/)")
     imp.add_argument("--name", help="adapter name (default: the folder name)")
+    commands.add_parser("bases", help="list the bases available offline", description="List the bundled "
+                        "toy bases (and whether they are built) and the SD/SDXL pipelines in the local "
+                        "Hugging Face cache.")
+
+    gen = commands.add_parser(
+        "generate",
+        help="text to image on a base, with styles",
+        description="Generate with a base (bundled name, diffusers folder, checkpoint file or cached Hub id). "
+        "Image i of a batch uses seed SEED+i.",
+    )
+    gen.add_argument("--base", default="toy-sd")
+    what = gen.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="one prompt; --out is the image file")
+    what.add_argument("--prompts-file", help="one prompt a line; --out is a folder of 000.png, 001.png, ...")
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=_positive_int, default=20)
+    gen.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    gen.add_argument(
+        "--style", action="append", default=[], metavar="FILE_OR_NAME[=WEIGHT]",
+        help="fuse a style adapter (repeatable: a mix); its trigger word is added to the prompt",
+    )
+    gen.add_argument("--config", help="for a single-file checkpoint: a local diffusers folder of its architecture")
     return parser
+
+
+def _cmd_bases(args) -> None:
+    from .bases import list_bases
+
+    for source in list_bases():
+        state = "available" if source.available else "missing"
+        print(f"{source.name:24} {source.kind:11} {state:9} {source.description}")
+
+
+def _cmd_generate(args) -> None:
+    import os
+
+    from .bases import load_pipeline
+    from .generate import generate, parse_style
+
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        try:
+            with open(args.prompts_file) as handle:
+                prompts = [line.strip() for line in handle if line.strip()]
+        except OSError as exc:
+            raise ShiraError(f"cannot read prompts file: {exc}") from None
+    styles = [parse_style(s) for s in args.style]
+    pipe = load_pipeline(args.base, single_file_config=args.config)
+    pipe.set_progress_bar_config(disable=True)
+    images = generate(
+        pipe, prompts, seed=args.seed, steps=args.steps, guidance_scale=args.guidance,
+        styles=styles, base_name=os.path.basename(os.path.normpath(args.base)),
+    )
+    if args.prompt is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        images[0].save(args.out)
+        print(f"wrote {args.out}")
+        return
+    os.makedirs(args.out, exist_ok=True)
+    for i, image in enumerate(images):
+        image.save(os.path.join(args.out, f"{i:03d}.png"))
+    print(f"wrote {len(images)} images to {args.out}")
 
 
 def _cmd_bench(args) -> None:
@@ -152,7 +215,14 @@ def shape_only_unet(config: dict):
         return UNet2DConditionModel.from_config(config)
 
 
-COMMANDS = {"bench": _cmd_bench, "info": _cmd_info, "export-peft": _cmd_export, "import-peft": _cmd_import}
+COMMANDS = {
+    "bases": _cmd_bases,
+    "bench": _cmd_bench,
+    "export-peft": _cmd_export,
+    "generate": _cmd_generate,
+    "import-peft": _cmd_import,
+    "info": _cmd_info,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
