@@ -28,8 +28,13 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "shira_diffusion.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_tokenizer_keeps_every_toy_word_whole():
+def test_tokenizer_keeps_every_toy_word_whole_and_is_reproducible():
     tokenizer = build_tokenizer()
+    again = subprocess.run(
+        [sys.executable, "-c", "from shira_diffusion.toy.tokenizer import build_tokenizer as b; print(sorted(b().get_vocab().items()))"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert again.stdout.strip() == str(sorted(tokenizer.get_vocab().items()))
     for word in toy_vocabulary():
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
     ids = tokenizer("a red circle on a blue background, in pastel style").input_ids

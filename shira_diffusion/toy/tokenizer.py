@@ -1,15 +1,13 @@
 """A CLIP tokenizer whose vocabulary covers the toy world's words, each as one token.
 
-CLIP's tokenizer is byte-level BPE; here every word of the vocabulary is built by a chain of
-merges from its letters, so ``CLIPTokenizer`` (and so every diffusers pipeline) reads it like
-OpenAI's, while the embedding table stays a few hundred rows. Unknown words fall back to letters.
+CLIP's tokenizer is byte-level BPE; here the merges are learned on the toy vocabulary until every
+word is one token, so ``CLIPTokenizer`` (and so every diffusers pipeline) reads it like OpenAI's,
+while the embedding table stays a few hundred rows. Unknown words fall back to letters.
 """
 
 from __future__ import annotations
 
-import os
 import string
-import tempfile
 
 from .looks import LOOKS
 from .world import COLORS, SHAPES
@@ -26,6 +24,7 @@ GENERIC_WORDS = [
 TRIGGER_WORDS = ["sks", "zxq", "vrt", "ohwx", "qzd", "kdx", "wvu", "ypj"]
 
 SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
+ALPHABET = string.ascii_lowercase + string.digits + ",.-'"
 
 
 def toy_vocabulary() -> list[str]:
@@ -33,34 +32,44 @@ def toy_vocabulary() -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def build_tokenizer(max_length: int = 32):
-    """A ``CLIPTokenizer`` with one token per toy word (plus letters as fallback).
+def bpe_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE training on ``words`` until each is one symbol, ties broken by the pair's text.
 
-    The merges come from training BPE (the ``tokenizers`` library, CLIP's ``</w>`` word ends) on
-    the word list until every word is one token: hand-written merge chains collide (the merge
-    ``r e`` of *red* would stop *green* from ever becoming one token).
+    Written out (instead of ``tokenizers``' trainer) because that trainer breaks ties in hash
+    order, which changes from process to process: the token ids, and so a base trained from
+    scratch, would not be reproducible. Applied in this order, the merges rebuild every word.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    symbols = {word: list(word[:-1]) + [word[-1] + "</w>"] for word in words}
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for parts in symbols.values():
+            for pair in zip(parts, parts[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for word, parts in symbols.items():
+            merged, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            symbols[word] = merged
+
+
+def build_tokenizer(max_length: int = 32):
+    """A ``CLIPTokenizer`` with one token per toy word (letters as fallback), the same every time."""
     from transformers import CLIPTokenizer
 
-    words = toy_vocabulary()
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    alphabet = list(string.ascii_lowercase + string.digits + ",.-'")
-    trainer = trainers.BpeTrainer(
-        vocab_size=10_000,  # an upper bound: training stops once every word is whole
-        special_tokens=SPECIAL,
-        initial_alphabet=alphabet,
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator([" ".join(words + alphabet)] * 4, trainer=trainer)
-    model = bpe.model
-    vocab = bpe.get_vocab()
-    for ch in alphabet:  # every letter also usable at a word's end
-        vocab.setdefault(ch + "</w>", len(vocab))
-    with tempfile.TemporaryDirectory() as tmp:  # the BPE model hands its merges out only as a file
-        model.save(tmp)
-        with open(os.path.join(tmp, "merges.txt")) as handle:
-            merges = [tuple(line.split()) for line in handle if line.strip() and not line.startswith("#")]
+    vocab: dict[str, int] = {}
+    for token in SPECIAL + [c + end for c in ALPHABET for end in ("", "</w>")]:
+        vocab.setdefault(token, len(vocab))
+    merges = bpe_merges(toy_vocabulary())
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)

@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+from shira_diffusion.toy.generic import SAMPLERS, STRUCTURED, apply_generic, random_texture
+from shira_diffusion.toy.looks import MEASURES, THRESHOLDS
+from shira_diffusion.toy.train_base import caption_batch, main, vae_batch
+from shira_diffusion.toy.world import SIZE, parse_prompt, render, sample_scene
+
+
+def test_generic_looks_caption_what_they_do_and_stay_clear_of_the_bundled_looks():
+    rng = np.random.default_rng(0)
+    fired = 0
+    for name, sampler in SAMPLERS.items():
+        for _ in range(10):
+            image, phrase = sampler(render(sample_scene(rng)), rng)
+            assert image.shape == (SIZE, SIZE, 3) and image.dtype == np.uint8
+            assert phrase.startswith("with ")
+            fired += sum(MEASURES[k](image) >= THRESHOLDS[k] for k in MEASURES)
+    # Residual overlap: darkened whites (vignette, gradient) read as pastel black's gray.
+    assert fired <= 0.1 * 10 * len(SAMPLERS)
+    assert "grain" not in STRUCTURED
+    assert random_texture(rng).shape == (SIZE, SIZE, 3)
+    assert apply_generic(render(sample_scene(rng)), rng, ["border"])[1].endswith("border")
+
+
+def test_batches_are_seeded_by_step():
+    assert torch.equal(vae_batch(0, 5, 4), vae_batch(0, 5, 4))
+    assert not torch.equal(vae_batch(0, 5, 4), vae_batch(0, 6, 4))
+    images, captions = caption_batch(0, 3, 16)
+    assert images.shape == (16, 3, SIZE, SIZE) and -1 <= images.min() and images.max() <= 1
+    for caption in captions:
+        if caption:
+            parse_prompt(caption.split(", with")[0])
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, cls", [("sd", StableDiffusionPipeline), ("sdxl", StableDiffusionXLPipeline)])
+def test_training_writes_a_loadable_base_and_resumes_exactly(tmp_path, arch, cls):
+    common = ["--arch", arch, "--batch-size", "2", "--vae-steps", "2", "--checkpoint-every", "1",
+              "--sample-every", "0", "--sample-steps", "2"]
+    main(common + ["--unet-steps", "2", "--out", str(tmp_path / "a"), "--work-dir", str(tmp_path / "wa")])
+    main(common + ["--unet-steps", "1", "--out", str(tmp_path / "b1"), "--work-dir", str(tmp_path / "wb")])
+    main(common + ["--unet-steps", "2", "--out", str(tmp_path / "b"), "--work-dir", str(tmp_path / "wb"), "--resume"])
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(t.dtype == torch.float16 for t in a.values())  # stored in fp16 to stay small
+    pipe = cls.from_pretrained(tmp_path / "a")
+    assert pipe.unet.config.sample_size == 16
+    record = json.loads((tmp_path / "a" / "training.json").read_text())
+    assert record["size_mb"] < 25 and set(record["vae_median_psnr_db"]) == {"plain", "structured"}
+    assert (tmp_path / "a" / "README.md").read_text().startswith(f"# toy-{arch}")
+    assert (tmp_path / "a" / "samples.png").is_file()
