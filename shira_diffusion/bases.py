@@ -149,6 +149,6 @@ def list_bases() -> list[BaseSource]:
                 f.file_name == "model_index.json" for rev in repo.revisions for f in rev.files
             ):
                 found.append(BaseSource(repo.repo_id, "hub", repo.repo_id, "in the local Hugging Face cache"))
-    except Exception:  # no cache directory yet
-        pass
+    except Exception:  # no cache directory yet: only the bundled bases
+        return found
     return found

@@ -80,7 +80,7 @@ def generate(
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     images = []
     try:
-        with bank.use(mix) if bank is not None else nullcontext(), torch.no_grad():
+        with bank.use(mix) if styles else nullcontext(), torch.no_grad():
             for i, prompt in enumerate(prompts):
                 result = pipe(
                     with_triggers(prompt, triggers),

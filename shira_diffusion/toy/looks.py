@@ -253,12 +253,16 @@ MEASURES: dict[str, Callable[[np.ndarray], float]] = {
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    out = mask.copy()
+    """Binary dilation by a disc (no wrap-around at the image border)."""
+    padded = np.pad(mask, radius)
+    out = np.zeros_like(mask)
+    h, w = mask.shape
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             if dx * dx + dy * dy <= radius * radius:
-                out |= np.roll(np.roll(mask, dy, axis=0), dx, axis=1)
+                out |= padded[radius + dy : radius + dy + h, radius + dx : radius + dx + w]
     return out
+
 
 # Score above which an image counts as showing the look: between the highest score of unstyled
 # and other-look images and the lowest of styled ones on rendered data (tests/test_toy_looks.py).
