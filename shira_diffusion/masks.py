@@ -194,9 +194,3 @@ def calibration_gradients(
     if count == 0:
         raise ShiraError("calibration needs at least one batch")
     return scores
-
-
-def mask_statistics(masks: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> dict:
-    total = sum(math.prod(matrix_shape(w.shape)) for w in weights.values())
-    chosen = sum(len(m) for m in masks.values())
-    return {"tensors": len(masks), "params": chosen, "density": chosen / total if total else 0.0}
