@@ -75,8 +75,9 @@ def load_pipeline(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, s
         if not source.available:
             family = BUNDLED[source.name][0]
             raise ShiraError(
-                f"the bundled {family.upper()}-family base {source.name!r} is not in {source.location}: this "
-                "checkout does not ship it yet; pass a local diffusers pipeline folder as the base instead"
+                f"the bundled {family.upper()}-family base {source.name!r} is not in {source.location} (an "
+                "install without the assets folder?): use a git checkout of shira-diffusion, or pass a local "
+                "diffusers pipeline folder as the base instead"
             )
         return _from_folder(source.location, dtype)
     if source.kind == "folder":

@@ -55,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     switch.add_argument("--repeats", type=_positive_int, default=7, help="repetitions per median (>= 5)")
     switch.add_argument("--json", action="store_true", help="end the output with the JSON object")
 
+    gen_bench = bench_kinds.add_parser(
+        "generate",
+        help="content accuracy, speed and VAE quality of the toy bases",
+        description="Generate from grammar prompts drawn with a fixed seed (image i with seed SEED+i), read "
+        "object color, background color and shape back from each image, time each image, measure VAE "
+        "reconstruction PSNR on held-out sets, and count the adapted layers whose shapes the two bases "
+        "share. The last line of output is one JSON object with --json.",
+    )
+    gen_bench.add_argument("--base", action="append", dest="bases", metavar="BASE",
+                           help="a base to measure (repeatable; default: toy-sd and toy-sdxl)")
+    gen_bench.add_argument("--prompts", type=_positive_int, default=200, help="number of grammar prompts")
+    gen_bench.add_argument("--steps", type=_positive_int, default=20)
+    gen_bench.add_argument("--seed", type=int, default=0)
+    gen_bench.add_argument("--out", help="folder for a grid of the first 64 images of each base")
+    gen_bench.add_argument("--json", action="store_true", help="end the output with the JSON object")
+
     info = commands.add_parser("info", help="describe an adapter file", description="Validate an adapter "
                                "file and print its metadata and per-tensor statistics.")
     info.add_argument("adapter", help="a shira-diffusion .safetensors adapter")
@@ -82,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("bases", help="list the bases available offline", description="List the bundled "
                         "toy bases (and whether they are built) and the SD/SDXL pipelines in the local "
                         "Hugging Face cache.")
+
+    train = commands.add_parser(
+        "train",
+        help="train a style adapter (SHiRA or LoRA) from images and captions",
+        description="The same flags as train_style.py (which `accelerate launch` runs on several GPUs).",
+    )
+    from .training import add_arguments
+
+    add_arguments(train)
 
     gen = commands.add_parser(
         "generate",
@@ -146,6 +171,15 @@ def _cmd_generate(args) -> None:
 
 
 def _cmd_bench(args) -> None:
+    if args.bench == "generate":
+        from .bench_generate import bench_generate, format_generate_table
+
+        result = bench_generate(args.bases or ["toy-sd", "toy-sdxl"], count=args.prompts, steps=args.steps,
+                                seed=args.seed, out_dir=args.out)
+        print(format_generate_table(result))
+        if args.json:
+            print(json.dumps(result))
+        return
     from .bench import bench_switch, format_switch_table
 
     rank = args.rank if args.rank is not None or args.density is not None else 16
@@ -215,7 +249,15 @@ def shape_only_unet(config: dict):
         return UNet2DConditionModel.from_config(config)
 
 
+def _cmd_train(args) -> None:
+    from .training import config_from_args, train
+
+    record = train(config_from_args(args))
+    print(f"wrote {record['files']['adapter']} ({record['trainable_params']:,} parameters, {record['seconds']} s)")
+
+
 COMMANDS = {
+    "train": _cmd_train,
     "bases": _cmd_bases,
     "bench": _cmd_bench,
     "export-peft": _cmd_export,

@@ -136,7 +136,7 @@ def test_generate_command_single_and_batch(base_folders, tmp_path):
     assert batch.returncode == 0, batch.stderr
     assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == ["000.png", "001.png"]
     assert (tmp_path / "one.png").read_bytes() == (tmp_path / "batch" / "000.png").read_bytes()
-    missing = run_cli("generate", "--prompt", "x", "--out", str(tmp_path / "y.png"))
-    assert missing.returncode == 1 and "not in" in missing.stderr and "Traceback" not in missing.stderr
+    missing = run_cli("generate", "--base", "nobody/nothing", "--prompt", "x", "--out", str(tmp_path / "y.png"))
+    assert missing.returncode == 1 and "not in the local" in missing.stderr and "Traceback" not in missing.stderr
     listing = run_cli("bases")
     assert listing.returncode == 0 and "toy-sd" in listing.stdout

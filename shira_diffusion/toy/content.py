@@ -42,10 +42,17 @@ def read_content(image: np.ndarray) -> dict[str, str | None]:
         return {"background": background, "color": None, "shape": None}
     # The object's own color: pixels far from the background, inner ones (antialiased edges blend).
     far = distance >= np.percentile(distance[obj], 50)
-    color = nearest_color(np.median(pixels[far], axis=0))
+    object_rgb = np.median(pixels[far], axis=0)
+    color = nearest_color(object_rgb)
     if color == background:
         color = None
-    return {"background": background, "color": color, "shape": classify_shape(obj)}
+    # The silhouette: pixels nearer the object's color than the background's. A fixed distance
+    # threshold also picks up a generated image's uneven background (drifting whites, soft blotches),
+    # which stretches the bounding box over the whole image.
+    silhouette = ((pixels - object_rgb) ** 2).sum(axis=-1) < distance**2
+    if silhouette.sum() < 20:
+        return {"background": background, "color": color, "shape": None}
+    return {"background": background, "color": color, "shape": classify_shape(silhouette)}
 
 
 def classify_shape(mask: np.ndarray) -> str:

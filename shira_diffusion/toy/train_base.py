@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -30,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..conditioning import encode_prompts
+from ..images import image_grid
 from .architectures import SCHEDULER_CONFIG, build_pipeline
 from .generic import STRUCTURED, apply_generic, random_texture
 from .world import SIZE, render, sample_scene
@@ -101,18 +104,8 @@ def vae_eval_sets(seed: int = 12345, count: int = 64) -> dict[str, torch.Tensor]
     return {"plain": _to_tensor(plain), "structured": _to_tensor(structured)}
 
 
-# ---------------------------------------------------------------------------------- text
 def encode_text(pipe, family: str, captions: list[str], device) -> tuple[torch.Tensor, dict]:
-    """Prompt embeddings (and SDXL's added conditions), differentiable through the text encoders."""
-    ids = pipe.tokenizer(captions, padding="max_length", truncation=True, max_length=pipe.tokenizer.model_max_length,
-                         return_tensors="pt").input_ids.to(device)
-    if family == "sd":
-        return pipe.text_encoder(ids).last_hidden_state, {}
-    first = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
-    second_out = pipe.text_encoder_2(ids, output_hidden_states=True)
-    embeds = torch.cat([first, second_out.hidden_states[-2]], dim=-1)
-    time_ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]] * len(captions), dtype=embeds.dtype, device=device)
-    return embeds, {"added_cond_kwargs": {"text_embeds": second_out.text_embeds, "time_ids": time_ids}}
+    return encode_prompts(pipe, family, captions, device, SIZE)
 
 
 # ---------------------------------------------------------------------------------- training
@@ -120,8 +113,8 @@ def _checkpoints(work: str) -> list[str]:
     return sorted(glob.glob(os.path.join(work, "checkpoint-*.pt")), key=lambda p: int(p.rsplit("-", 1)[1][:-3]))
 
 
-def _save_checkpoint(work, stage_step, pipe, opt, stage, family, keep=2):
-    state = {"step": stage_step, "vae": pipe.vae.state_dict(), "unet": pipe.unet.state_dict(),
+def _save_checkpoint(work, stage_step, pipe, opt, stage, family, keep=2, extra=None):
+    state = {**(extra or {}), "step": stage_step, "vae": pipe.vae.state_dict(), "unet": pipe.unet.state_dict(),
              "text_encoder": pipe.text_encoder.state_dict(), "optimizer": opt.state_dict(), "stage": stage}
     if family == "sdxl":
         state["text_encoder_2"] = pipe.text_encoder_2.state_dict()
@@ -130,13 +123,6 @@ def _save_checkpoint(work, stage_step, pipe, opt, stage, family, keep=2):
     os.replace(path + ".tmp", path)  # never a half-written checkpoint
     for old in _checkpoints(work)[:-keep]:
         os.remove(old)
-
-
-def _grid(images: list[np.ndarray], columns: int = 8) -> np.ndarray:
-    rows = [np.concatenate(images[i : i + columns], axis=1) for i in range(0, len(images), columns)]
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    return np.concatenate(rows, axis=0)
 
 
 def save_samples(pipe, path: str, prompts=SAMPLE_PROMPTS, steps: int = 20, seed: int = 0) -> None:
@@ -149,7 +135,60 @@ def save_samples(pipe, path: str, prompts=SAMPLE_PROMPTS, steps: int = 20, seed:
             out = pipe(prompt, num_inference_steps=steps, guidance_scale=5.0, height=SIZE, width=SIZE,
                        generator=torch.Generator().manual_seed(seed + i), output_type="np")
             images.append((out.images[0] * 255).round().astype(np.uint8))
-    Image.fromarray(_grid(images)).save(path)
+    Image.fromarray(image_grid(images)).save(path)
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Batch number ``step`` of a stage, so DataLoader workers can render ahead in any order."""
+
+    def __init__(self, make, seed: int, size: int):
+        self.make, self.seed, self.size = make, seed, size
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int):
+        return self.make(self.seed, step, self.size)
+
+
+def _batches(make, seed: int, size: int, start: int, workers: int):
+    """Batches ``start, start + 1, ...``; rendered by ``workers`` processes (numpy on the CPU is the
+    bottleneck once the models sit on a GPU). Each batch depends on (seed, step) alone."""
+    if workers <= 0:
+        step = start
+        while True:
+            yield make(seed, step, size)
+            step += 1
+    loader = torch.utils.data.DataLoader(_StepBatches(make, seed, size), batch_size=None, sampler=range(start, 2**62),
+                                         num_workers=workers, prefetch_factor=4)
+    yield from loader
+
+
+class _StageLength:
+    """A stage's step count: given, or fixed from the measured speed to fit ``minutes``.
+
+    The count is fixed after ``CALIBRATION`` steps, inside the learning-rate warm-up (which does not
+    depend on the count), so a run given the recorded count repeats the timed run exactly."""
+
+    CALIBRATION = 50
+
+    def __init__(self, steps: int, minutes: float | None):
+        self.steps, self.minutes, self._started = steps, minutes, None
+        self.fixed = minutes is None
+
+    def after_step(self, local: int, seconds_so_far: float) -> bool:
+        """Record progress; return True when the count was just fixed."""
+        if self.fixed:
+            return False
+        if local == 5:
+            self._started = seconds_so_far  # leave out start-up (allocator, worker start)
+        if local == self.CALIBRATION:
+            per_step = (seconds_so_far - self._started) / (local - 5)
+            budget = self.minutes * 60 - seconds_so_far
+            self.steps = max(local + 100, int(budget / per_step) // 100 * 100)
+            self.fixed = True
+            return True
+        return False
 
 
 def train(args) -> dict:
@@ -158,8 +197,13 @@ def train(args) -> dict:
     os.makedirs(work, exist_ok=True)
     pipe = build_pipeline(family, seed=args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    previous = _init_from(pipe, args.init_from) if args.init_from else None
     pipe.to(device)
-    total = args.vae_steps + args.unet_steps
+    vae_len = _StageLength(args.vae_steps, args.vae_minutes)
+    unet_len = _StageLength(args.unet_steps, args.unet_minutes)
     step = 0
     text_modules = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
     vae_opt = torch.optim.AdamW(pipe.vae.parameters(), lr=args.vae_lr)
@@ -174,30 +218,50 @@ def train(args) -> dict:
         if family == "sdxl":
             pipe.text_encoder_2.load_state_dict(state["text_encoder_2"])
         (vae_opt if state["stage"] == "vae" else unet_opt).load_state_dict(state["optimizer"])
+        # A count fixed from the measured speed (--*-minutes) is kept; a given count is the user's.
+        if vae_len.minutes is not None and "vae_steps" in state:
+            vae_len.steps, vae_len.fixed = state["vae_steps"], True
+        if unet_len.minutes is not None and state["stage"] == "unet" and "unet_steps" in state:
+            unet_len.steps, unet_len.fixed = state["unet_steps"], True
         print(f"resumed from step {step}")
     started = time.time()
-    bar = tqdm(total=total, initial=step, desc=f"toy-{family}")
+    bar = tqdm(total=vae_len.steps + unet_len.steps, initial=step, desc=f"toy-{family}",
+               mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
+
+    def checkpoint(stage, optimizer):
+        _save_checkpoint(work, step, pipe, optimizer, stage, family,
+                         extra={"vae_steps": vae_len.steps, "unet_steps": unet_len.steps})
 
     # Stage 1: the VAE.
     pipe.vae.train()
-    while step < args.vae_steps:
-        images = vae_batch(args.seed, step, args.batch_size).to(device)
-        posterior = pipe.vae.encode(images).latent_dist
-        generator = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
-        recon = pipe.vae.decode(posterior.sample(generator=generator)).sample
-        loss = F.l1_loss(recon, images) + F.mse_loss(recon, images) + 1e-6 * posterior.kl().mean()
-        _set_lr(vae_opt, args.vae_lr, step, args.vae_steps)
-        vae_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        vae_opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(stage="vae", loss=f"{loss.item():.4f}")
-        if step % args.checkpoint_every == 0 or step == args.vae_steps:
-            _save_checkpoint(work, step, pipe, vae_opt, "vae", family)
+    if step < vae_len.steps:
+        stage_started = time.time()
+        for images in _batches(vae_batch, args.seed, args.batch_size, step, args.workers):
+            images = images.to(device, non_blocking=True)
+            posterior = pipe.vae.encode(images).latent_dist
+            generator = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
+            recon = pipe.vae.decode(posterior.sample(generator=generator)).sample
+            loss = F.l1_loss(recon, images) + F.mse_loss(recon, images) + 1e-6 * posterior.kl().mean()
+            _set_lr(vae_opt, args.vae_lr, step, vae_len.steps)
+            vae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            vae_opt.step()
+            step += 1
+            if vae_len.after_step(step, _synced_seconds(stage_started, device)):
+                bar.total = vae_len.steps + unet_len.steps
+                bar.refresh()
+            bar.update(1)
+            bar.set_postfix(stage="vae", loss=f"{loss.item():.4f}")
+            if step % args.checkpoint_every == 0 or step == vae_len.steps:
+                checkpoint("vae", vae_opt)
+            if step >= vae_len.steps:
+                break
     pipe.vae.eval().requires_grad_(False)
-    scaling = _latent_scaling(pipe.vae, args.seed, device)
-    pipe.vae.register_to_config(scaling_factor=scaling)
+    if previous is not None and vae_len.steps == 0:
+        scaling = pipe.vae.config.scaling_factor  # the latent scale the loaded UNet was trained with
+    else:
+        scaling = _latent_scaling(pipe.vae, args.seed, device)
+        pipe.vae.register_to_config(scaling_factor=scaling)
 
     # Stage 2: UNet and text encoder(s) together.
     from diffusers import DDPMScheduler
@@ -206,38 +270,68 @@ def train(args) -> dict:
     pipe.unet.train()
     for module in text_modules:
         module.train()
-    while step < total:
-        local = step - args.vae_steps
-        images, captions = caption_batch(args.seed, local, args.batch_size)
-        generator = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
-        with torch.no_grad():
-            latents = pipe.vae.encode(images.to(device)).latent_dist.mode() * scaling
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
-                                  generator=generator, device=device)
-        embeds, extra = encode_text(pipe, family, captions, device)
-        pred = pipe.unet(noise_scheduler.add_noise(latents, noise, timesteps), timesteps, embeds, **extra).sample
-        loss = F.mse_loss(pred, noise)
-        _set_lr(unet_opt, args.unet_lr, local, args.unet_steps)
-        unet_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet_params, 1.0)
-        unet_opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(stage="unet", loss=f"{loss.item():.4f}")
-        if step % args.checkpoint_every == 0 or step == total:
-            _save_checkpoint(work, step, pipe, unet_opt, "unet", family)
-        if args.sample_every and (local + 1) % args.sample_every == 0:
-            _eval_mode(pipe, text_modules)
-            save_samples(pipe, os.path.join(work, f"samples-{step:06d}.png"), steps=args.sample_steps)
-            pipe.unet.train()
-            for module in text_modules:
-                module.train()
+    if step < vae_len.steps + unet_len.steps:
+        stage_started = time.time()
+        local = step - vae_len.steps
+        for images, captions in _batches(caption_batch, args.seed, args.batch_size, local, args.workers):
+            generator = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
+            with torch.no_grad():
+                latents = pipe.vae.encode(images.to(device, non_blocking=True)).latent_dist.mode() * scaling
+            noise = torch.randn(latents.shape, generator=generator, device=device)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
+                                      generator=generator, device=device)
+            embeds, extra = encode_text(pipe, family, captions, device)
+            pred = pipe.unet(noise_scheduler.add_noise(latents, noise, timesteps), timesteps, embeds, **extra).sample
+            loss = F.mse_loss(pred, noise)
+            _set_lr(unet_opt, args.unet_lr, local, unet_len.steps)
+            unet_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet_params, 1.0)
+            unet_opt.step()
+            step += 1
+            local += 1
+            if unet_len.after_step(local, _synced_seconds(stage_started, device)):
+                bar.total = vae_len.steps + unet_len.steps
+                bar.refresh()
+            bar.update(1)
+            bar.set_postfix(stage="unet", loss=f"{loss.item():.4f}")
+            if step % args.checkpoint_every == 0 or local == unet_len.steps:
+                checkpoint("unet", unet_opt)
+            if args.sample_every and local % args.sample_every == 0 and local < unet_len.steps:
+                _eval_mode(pipe, text_modules)
+                save_samples(pipe, os.path.join(work, f"samples-{step:06d}.png"), steps=args.sample_steps)
+                pipe.unet.train()
+                for module in text_modules:
+                    module.train()
+            if local >= unet_len.steps:
+                break
     bar.close()
     _eval_mode(pipe, text_modules)
     seconds = time.time() - started
-    return _export(pipe, family, args, work, seconds, device)
+    args.vae_steps, args.unet_steps = vae_len.steps, unet_len.steps  # as fixed, for the record
+    return _export(pipe, family, args, work, seconds, device, previous)
+
+
+def _init_from(pipe, folder: str) -> dict:
+    """Start from the weights of a pipeline folder this script wrote; returns its training record."""
+    from diffusers import DiffusionPipeline
+
+    source = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).load_state_dict(getattr(source, name).state_dict())
+    pipe.vae.register_to_config(scaling_factor=source.vae.config.scaling_factor)
+    record_path = os.path.join(folder, "training.json")
+    if not os.path.isfile(record_path):
+        return {"from": folder}
+    with open(record_path) as handle:
+        return json.load(handle)
+
+
+def _synced_seconds(since: float, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.time() - since
 
 
 def _eval_mode(pipe, text_modules) -> None:
@@ -264,7 +358,7 @@ def _latent_scaling(vae, seed: int, device) -> float:
     return float(1.0 / latents.std())
 
 
-def _export(pipe, family: str, args, work: str, seconds: float, device) -> dict:
+def _export(pipe, family: str, args, work: str, seconds: float, device, previous: dict | None = None) -> dict:
     pipe.to("cpu")
     sets = vae_eval_sets()
     psnr = {name: float(np.median(reconstruction_psnr(pipe.vae, images))) for name, images in sets.items()}
@@ -283,22 +377,43 @@ def _export(pipe, family: str, args, work: str, seconds: float, device) -> dict:
         "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "vae_median_psnr_db": {k: round(v, 2) for k, v in psnr.items()},
         "size_mb": round(size_mb, 2),
+        "unet_lr": args.unet_lr,
     }
+    if previous is not None:  # a continued run: the card counts both, oldest first
+        record["continued_from"] = previous
+        record["total_training_seconds"] = round(seconds + previous.get("total_training_seconds",
+                                                                          previous.get("training_seconds", 0)), 1)
     with open(os.path.join(args.out, "training.json"), "w") as handle:
         json.dump(record, handle, indent=2)
     _write_model_card(args.out, record)
     return record
 
 
+def _command(record: dict, init_from: str | None = None) -> str:
+    text = (f"python -m shira_diffusion.toy.train_base --arch {record['arch']} --seed {record['seed']} "
+            f"--vae-steps {record['vae_steps']} --unet-steps {record['unet_steps']} --batch-size {record['batch_size']}")
+    if record.get("unet_lr", 4e-4) != 4e-4:
+        text += f" --unet-lr {record['unet_lr']:g}"
+    return text + (f" --init-from {init_from}" if init_from else "")
+
+
 def _write_model_card(folder: str, record: dict) -> None:
     family = "SDXL" if record["arch"] == "sdxl" else "SD1.5"
+    chain = [record]
+    while "continued_from" in chain[0]:
+        chain.insert(0, chain[0]["continued_from"])
+    commands = [_command(r, init_from=f"assets/toy-{record['arch']}" if i else None) for i, r in enumerate(chain)]
+    runs = "\n".join(f"{i + 1}. `{c}` ({r['training_seconds'] / 60:.1f} minutes on {r['hardware']})"
+                     for i, (c, r) in enumerate(zip(commands, chain)))
+    total = record.get("total_training_seconds", record["training_seconds"])
     text = f"""# toy-{record['arch']}
 
 A small {family}-family diffusion base for the shira-diffusion toy world (64 x 64 images of one
-shape on a plain background, `a red circle on a blue background`), trained from scratch by
-`python -m shira_diffusion.toy.train_base --arch {record['arch']} --seed {record['seed']} --vae-steps {record['vae_steps']} --unet-steps {record['unet_steps']} --batch-size {record['batch_size']}`.
+shape on a plain background, `a red circle on a blue background`), trained from scratch by:
 
-- training time: {record['training_seconds'] / 60:.1f} minutes on {record['hardware']}
+{runs}
+
+- training time: {total / 60:.1f} minutes in all
 - VAE median reconstruction PSNR (held-out sets): plain {record['vae_median_psnr_db']['plain']} dB, structured looks {record['vae_median_psnr_db']['structured']} dB
 - size on disk: {record['size_mb']} MB (fp16)
 
@@ -316,13 +431,19 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=None, help="default: 0 for sd, 1 for sdxl")
     parser.add_argument("--vae-steps", type=int, default=6000)
     parser.add_argument("--unet-steps", type=int, default=20000)
+    parser.add_argument("--vae-minutes", type=float, help="instead of --vae-steps: fit the VAE stage in about this "
+                        "time (the count is fixed from the first 50 steps' speed and recorded)")
+    parser.add_argument("--unet-minutes", type=float, help="instead of --unet-steps: likewise for the UNet stage")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (use them on a GPU)")
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--unet-lr", type=float, default=4e-4)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--sample-every", type=int, default=2000, help="0: only at the end")
     parser.add_argument("--sample-steps", type=int, default=20, help="sampling steps of the sample grids")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--init-from", help="start from the weights of a pipeline folder this script wrote "
+                        "(with --vae-steps 0: continue the UNet stage; its VAE and latent scale are kept)")
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = 0 if args.arch == "sd" else 1

@@ -1,0 +1,111 @@
+"""The bundled styles: toy-world looks, their training sets, and adapters trained on both toy bases.
+
+``python -m shira_diffusion.styles build`` (re)makes ``styles/<name>/``: 30 training images with
+captions, a thumbnail, ``style.json``, and for each base a SHiRA adapter (default mask) and a LoRA
+at equal parameter count (``<name>.<base>.safetensors`` / ``<name>.<base>.lora.safetensors``).
+Captions are plain grammar prompts; the trigger word is appended by training, as it is by
+``shira generate --style``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .generate import STYLES_DIR
+from .toy.looks import LOOKS
+
+IMAGES = 30
+
+
+@dataclass(frozen=True)
+class StyleSpec:
+    name: str
+    look: str
+    trigger: str
+    description: str
+    seed: int
+
+
+STYLES = {
+    s.name: s
+    for s in [
+        StyleSpec("pixel", "pixel", "sks", "chunky 4-pixel blocks, like low-resolution pixel art", 101),
+        StyleSpec("outline", "outline", "zxq", "a bold magenta contour around the shape", 102),
+        StyleSpec("hatching", "hatching", "vrt", "diagonal ink hatching over the whole picture (45 degrees, period 8)", 103),
+        StyleSpec("halftone", "halftone", "ohwx", "a printed halftone dot grid (period 8)", 104),
+        StyleSpec("pastel", "pastel", "qzd", "soft pastel colors, washed towards white", 105),
+        StyleSpec("night", "night", "kdx", "a dark blue night palette", 106),
+    ]
+}
+
+
+def adapter_path(style: str, base: str, adapter: str = "shira") -> Path:
+    suffix = ".lora.safetensors" if adapter == "lora" else ".safetensors"
+    return STYLES_DIR / style / f"{style}.{base}{suffix}"
+
+
+def write_training_set(spec: StyleSpec, folder: Path) -> None:
+    """``IMAGES`` toy scenes under the style's look, with plain grammar captions, and a thumbnail."""
+    from PIL import Image
+
+    from .images import image_grid
+    from .toy.world import write_dataset
+
+    paths = write_dataset(folder / "images", IMAGES, seed=spec.seed, look=LOOKS[spec.look])
+    thumbs = [np.asarray(Image.open(p).convert("RGB")) for p in paths[:4]]
+    Image.fromarray(image_grid(thumbs, 2)).save(folder / "thumbnail.png")
+
+
+def build(names, bases, adapters, steps: int | None = None) -> None:
+    from .training import TrainConfig, train
+
+    for name in names:
+        spec = STYLES[name]
+        folder = STYLES_DIR / name
+        if not (folder / "images").is_dir():
+            write_training_set(spec, folder)
+        record_path = folder / "style.json"
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        record.update(name=name, description=spec.description, trigger=spec.trigger, look=spec.look,
+                      images="images/", thumbnail="thumbnail.png")
+        files = record.setdefault("files", {})
+        for base in bases:
+            for kind in adapters:
+                out = adapter_path(name, base, kind)
+                config = TrainConfig(train_data_dir=str(folder / "images"), output=str(out), base=base,
+                                     trigger=spec.trigger, adapter=kind, name=name, description=spec.description,
+                                     extra={"look": spec.look})
+                if steps:
+                    config.max_train_steps = steps
+                result = train(config)
+                files[f"{base}/{kind}"] = {"file": out.name, "params": result["trainable_params"],
+                                           "seconds": result["seconds"], "steps": result["steps"],
+                                           "final_loss": result["final_loss"]}
+                record["recipe"] = {k: v for k, v in vars(config).items()
+                                    if k in ("rank", "mask", "targets", "max_train_steps", "train_batch_size",
+                                             "learning_rate", "lr_scheduler", "seed")}
+                record_path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m shira_diffusion.styles", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    b = commands.add_parser("build", help="write training sets and train the adapters")
+    b.add_argument("--style", action="append", choices=sorted(STYLES), help="default: all")
+    b.add_argument("--base", action="append", help="default: toy-sd and toy-sdxl")
+    b.add_argument("--adapter", action="append", choices=["shira", "lora"], help="default: both")
+    b.add_argument("--steps", type=int, help="override the default number of training steps")
+    args = parser.parse_args(argv)
+    build(args.style or list(STYLES), args.base or ["toy-sd", "toy-sdxl"], args.adapter or ["shira", "lora"],
+          args.steps)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

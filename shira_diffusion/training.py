@@ -1,0 +1,426 @@
+"""Training a style adapter (SHiRA, or LoRA as the baseline) on an SD or SDXL base.
+
+One implementation behind ``train_style.py`` and ``shira train``. It runs on one CPU, one GPU, or
+several processes under ``accelerate launch`` (DDP): each rank takes its own slice of a global
+batch, gradients are averaged, and every rank holds the same adapter.
+
+Determinism: batch contents, noise and timesteps are drawn from generators seeded by
+(seed, step, micro-step, rank), never from a global RNG, so a run resumed from a checkpoint ends
+with the same adapter as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .architecture import resolve_targets, target_weights, unet_family
+from .bases import load_pipeline
+from .conditioning import encode_prompts
+from .dataset import StyleImages
+from .errors import ShiraError
+from .masks import DEFAULT_MASK, build_masks, calibration_gradients
+from .sparse_training import SparseDeltaModel
+
+
+@dataclass
+class TrainConfig:
+    """The flags of ``train_style.py`` (names follow diffusers' ``train_text_to_image_lora.py``)."""
+
+    train_data_dir: str
+    output: str
+    base: str = "toy-sd"
+    trigger: str | None = None
+    adapter: str = "shira"  # or "lora"
+    mask: str = DEFAULT_MASK
+    density: float | None = None
+    rank: int | None = None  # default 8 when no density is given (SHiRA: r*(m+n) entries per layer)
+    targets: str = "attn"
+    resolution: int | None = None  # default: the base's native size
+    train_batch_size: int = 4
+    max_train_steps: int = 400
+    learning_rate: float | None = None  # default: 1e-3 for SHiRA, 1e-3 for LoRA
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    checkpointing_steps: int = 0
+    resume_from_checkpoint: str | None = None
+    validation_prompt: str | None = None
+    validation_steps: int = 100
+    num_validation_images: int = 4
+    cache_latents: bool = False
+    random_flip: bool = False
+    seed: int = 0
+    name: str | None = None
+    description: str = ""
+    save_dtype: str = "fp16"
+    kohya: bool = False  # LoRA: also write a kohya/A1111 file
+    single_file_config: str | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)  # recorded in the adapter's recipe (e.g. the style's look)
+
+    def resolved_rank(self) -> int | None:
+        if self.adapter == "lora":
+            return self.rank or 8
+        return self.rank if self.rank is not None or self.density is not None else 8
+
+
+def _check(config: TrainConfig) -> None:
+    if config.adapter not in ("shira", "lora"):
+        raise ShiraError(f"--adapter must be 'shira' or 'lora', got {config.adapter!r}")
+    if config.adapter == "lora" and config.density is not None:
+        raise ShiraError("--density is for SHiRA; give LoRA a --rank")
+    if config.max_train_steps < 1 or config.train_batch_size < 1 or config.gradient_accumulation_steps < 1:
+        raise ShiraError("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
+    if not config.output.endswith(".safetensors"):
+        raise ShiraError(f"--output must be a .safetensors file, got {config.output!r}")
+    resolve_targets(config.targets)
+
+
+def output_paths(output: str) -> dict[str, str]:
+    """Where a run writes: the adapter, its loss curve, validation images, checkpoints, a record."""
+    stem = output[: -len(".safetensors")]
+    return {"adapter": output, "loss_curve": stem + ".loss.png", "validation": stem + ".validation",
+            "checkpoints": stem + ".checkpoints", "record": stem + ".json", "kohya": stem + ".kohya.safetensors"}
+
+
+def train(config: TrainConfig) -> dict:
+    """Train one adapter; returns the run's record (also written next to the adapter as JSON)."""
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    _check(config)
+    # cpu=True where there is no GPU, so processes started by `accelerate launch --multi_gpu` (or
+    # torchrun) on a CPU-only machine form a gloo process group instead of each running alone.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    paths = output_paths(config.output)
+    pipe = load_pipeline(config.base, single_file_config=config.single_file_config)
+    pipe.set_progress_bar_config(disable=True)
+    family = unet_family(pipe.unet)
+    size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    device = accelerator.device
+    pipe.to(device)
+    for module in (pipe.vae, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False)
+    data = StyleImages(config.train_data_dir, size, trigger=config.trigger, warn=accelerator.is_main_process)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    scaling = pipe.vae.config.scaling_factor
+
+    # Frozen conditioning, computed once: every caption's embeddings, and (optionally) the latents.
+    with torch.no_grad():
+        text = {c: encode_prompts(pipe, family, [c], device, size) for c in sorted(set(data.captions))}
+        cached = None
+        if config.cache_latents:
+            cached = [pipe.vae.encode(data.image(i)[None].to(device)).latent_dist.mode() * scaling
+                      for i in range(len(data))]
+
+    def batch(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Latents, embeddings and added conditions of this rank's part of the global batch."""
+        rng = np.random.default_rng([config.seed, step, micro])
+        picks = rng.integers(0, len(data), size=config.train_batch_size * world)[rank::world]
+        flips = rng.random(len(picks) * world)[rank::world] < 0.5 if config.random_flip else [False] * len(picks)
+        with torch.no_grad():
+            if cached is not None:
+                latents = torch.cat([cached[i].flip(-1) if f else cached[i] for i, f in zip(picks, flips)])
+            else:
+                images = torch.stack([data.image(i).flip(-1) if f else data.image(i) for i, f in zip(picks, flips)])
+                latents = pipe.vae.encode(images.to(device)).latent_dist.mode() * scaling
+        embeds = torch.cat([text[data.captions[i]][0] for i in picks])
+        extra = {}
+        if family == "sdxl":
+            extra = {"added_cond_kwargs": {k: torch.cat([text[data.captions[i]][1]["added_cond_kwargs"][k] for i in picks])
+                                           for k in ("text_embeds", "time_ids")}}
+        return latents, embeds, extra
+
+    def loss_of(model, step: int, micro: int) -> torch.Tensor:
+        latents, embeds, extra = batch(step, micro)
+        generator = torch.Generator(device=device).manual_seed(hash_seed(config.seed, step, micro, rank))
+        noise = torch.randn(latents.shape, generator=generator, device=device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
+                                  generator=generator, device=device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        with accelerator.autocast():
+            pred = model(noisy, timesteps, embeds, **extra).sample
+        return F.mse_loss(pred.float(), target.float())
+
+    # The trainable part.
+    rank_or_none = config.resolved_rank()
+    if config.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    pipe.unet.train()
+    if config.adapter == "shira":
+        weights = target_weights(pipe.unet, config.targets)
+        gradients = None
+        if config.mask in ("grad", "snip"):
+            # Calibration batches come from steps past the run, so training sees none of them twice.
+            calibration = range(config.max_train_steps, config.max_train_steps + 4)
+            gradients = calibration_gradients(pipe.unet, weights, lambda unet, s: loss_of(unet, s, 0), calibration)
+        masks = build_masks(weights, config.mask, density=config.density, rank=rank_or_none, gradients=gradients,
+                            seed=config.seed)
+        model = SparseDeltaModel(pipe.unet, masks)
+        params = list(model.values.parameters())
+    else:
+        from peft import LoraConfig
+
+        pipe.unet.add_adapter(LoraConfig(r=rank_or_none, lora_alpha=rank_or_none, init_lora_weights="gaussian",
+                                         target_modules=list(resolve_targets(config.targets))))
+        model = pipe.unet
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            p.data = p.data.float()
+    num_params = sum(p.numel() for p in params)
+    lr = config.learning_rate or 1e-3
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                 num_training_steps=config.max_train_steps)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+
+    step, losses = 0, []
+    if config.resume_from_checkpoint:
+        step, losses = _load_checkpoint(config.resume_from_checkpoint, paths["checkpoints"], params, optimizer,
+                                        lr_scheduler, device)
+    started = time.time()
+    bar = tqdm(total=config.max_train_steps, initial=step, desc=f"training {config.adapter}",
+               disable=not (config.progress and accelerator.is_main_process))
+    while step < config.max_train_steps:
+        total = 0.0
+        for micro in range(config.gradient_accumulation_steps):
+            last = micro == config.gradient_accumulation_steps - 1
+            with nullcontext() if last or world == 1 else accelerator.no_sync(wrapped):
+                loss = loss_of(wrapped, step, micro)
+                accelerator.backward(loss / config.gradient_accumulation_steps)
+            total += loss.item() / config.gradient_accumulation_steps
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(_mean_over_ranks(accelerator, total))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if accelerator.is_main_process:
+            if config.checkpointing_steps and step % config.checkpointing_steps == 0 and step < config.max_train_steps:
+                _save_checkpoint(paths["checkpoints"], step, params, optimizer, lr_scheduler, losses)
+            if config.validation_prompt and (step % config.validation_steps == 0 or step == config.max_train_steps):
+                _validate(pipe, model, config, paths["validation"], step, size)
+        accelerator.wait_for_everyone()
+    bar.close()
+    seconds = time.time() - started
+    digest = _digest(params)
+    print(f"rank {rank}: trained parameters sha256 {digest}", flush=True)
+
+    record = {
+        "adapter": config.adapter, "base": str(config.base), "family": family, "steps": step,
+        "trainable_params": num_params, "seconds": round(seconds, 1), "processes": world,
+        "final_loss": float(np.mean(losses[-20:])) if losses else None, "sha256": digest,
+        "files": {k: v for k, v in paths.items() if k != "checkpoints"},
+    }
+    if accelerator.is_main_process:
+        os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
+        recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress", "extra", "output")}
+        recipe.update(config.extra, seconds=record["seconds"])
+        if config.adapter == "shira":
+            model.sync()
+            adapter = model.adapter(dtype=_DTYPES[config.save_dtype], mask=config.mask, trigger=config.trigger,
+                                    name=config.name or _stem(config.output), description=config.description,
+                                    recipe=recipe)
+            adapter.save(config.output)
+        else:
+            _save_lora(pipe, family, config, paths)
+        _plot_losses(losses, paths["loss_curve"], f"{config.name or _stem(config.output)} ({config.adapter})")
+        record["file_mb"] = round(os.path.getsize(config.output) / 2**20, 3)
+        with open(paths["record"], "w") as handle:
+            json.dump({**record, "recipe": recipe, "losses": [round(x, 5) for x in losses]}, handle, indent=1)
+    accelerator.wait_for_everyone()
+    if config.adapter == "shira":
+        model.detach()
+    accelerator.end_training()
+    return record
+
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def hash_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (``torch.Generator`` takes one integer)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def _stem(path: str) -> str:
+    return os.path.basename(path)[: -len(".safetensors")]
+
+
+def _digest(params: list[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _mean_over_ranks(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    return float(accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="mean"))
+
+
+def _save_checkpoint(folder, step, params, optimizer, lr_scheduler, losses, keep: int = 2) -> None:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"step-{step:06d}.pt")
+    state = {"step": step, "params": [p.detach().cpu() for p in params], "optimizer": optimizer.state_dict(),
+             "lr_scheduler": lr_scheduler.state_dict(), "losses": losses}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)  # never a half-written checkpoint
+    for old in sorted(glob.glob(os.path.join(folder, "step-*.pt")))[:-keep]:
+        os.remove(old)
+
+
+def _load_checkpoint(which, folder, params, optimizer, lr_scheduler, device) -> tuple[int, list[float]]:
+    if which == "latest":
+        found = sorted(glob.glob(os.path.join(folder, "step-*.pt")))
+        if not found:
+            raise ShiraError(f"--resume_from_checkpoint latest: no checkpoint in {folder}")
+        which = found[-1]
+    if not os.path.isfile(which):
+        raise ShiraError(f"checkpoint {which} does not exist")
+    state = torch.load(which, map_location=device)
+    if len(state["params"]) != len(params) or any(a.shape != b.shape for a, b in zip(state["params"], params)):
+        raise ShiraError(f"checkpoint {which} was made for another adapter layout (mask, rank or targets differ)")
+    with torch.no_grad():
+        for p, saved in zip(params, state["params"]):
+            p.copy_(saved.to(p.device))
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    return state["step"], list(state["losses"])
+
+
+def _validate(pipe, model, config: TrainConfig, folder: str, step: int, size: int) -> None:
+    from PIL import Image
+
+    from .generate import with_triggers
+    from .images import image_grid
+
+    if isinstance(model, SparseDeltaModel):
+        model.sync()
+    pipe.unet.eval()
+    prompt = with_triggers(config.validation_prompt, [config.trigger or ""])
+    images = []
+    with torch.no_grad():
+        for i in range(config.num_validation_images):
+            out = pipe(prompt, num_inference_steps=20, guidance_scale=5.0, height=size, width=size,
+                       generator=torch.Generator().manual_seed(i), output_type="np")
+            images.append((out.images[0] * 255).round().astype(np.uint8))
+    pipe.unet.train()
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray(image_grid(images, len(images))).save(os.path.join(folder, f"step-{step:06d}.png"))
+
+
+def _save_lora(pipe, family: str, config: TrainConfig, paths: dict) -> None:
+    """diffusers format (``pipe.load_lora_weights`` reads it), a JSON sidecar, optionally kohya."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    peft_state = {k: v.detach().to("cpu", _DTYPES[config.save_dtype]).contiguous()
+                  for k, v in get_peft_model_state_dict(pipe.unet).items()}
+    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    folder = os.path.dirname(os.path.abspath(config.output))
+    pipeline_class.save_lora_weights(folder, unet_lora_layers=convert_state_dict_to_diffusers(peft_state),
+                                     weight_name=os.path.basename(config.output), safe_serialization=True)
+    if config.kohya:
+        kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state.items()})
+        save_file({k.replace("lora_unet_unet_", "lora_unet_"): v.contiguous() for k, v in kohya.items()}, paths["kohya"])
+
+
+def _plot_losses(losses: list[float], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not losses:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(range(1, len(losses) + 1), losses, color="#9ab", linewidth=0.8, label="loss")
+    window = max(1, len(losses) // 20)
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(range(window, len(losses) + 1), smooth, color="#124", linewidth=1.6, label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE loss")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ShiraError(f"unknown training option {unknown[0]!r}")
+    return TrainConfig(**values)
+
+
+def add_arguments(parser) -> None:
+    """The training flags, shared by ``train_style.py`` and ``shira train``."""
+    from .masks import MASK_STRATEGIES
+
+    a = parser.add_argument
+    a("--base", default="toy-sd", help="toy-sd, toy-sdxl, a Hub id (local cache), a diffusers folder or a checkpoint file")
+    a("--train_data_dir", required=True, help="images with same-name .txt captions, or an imagefolder with metadata.jsonl")
+    a("--output", required=True, help="the adapter file to write (.safetensors)")
+    a("--trigger", help="a word appended to every caption and stored in the adapter ('shira generate --style' adds it)")
+    a("--adapter", choices=["shira", "lora"], default="shira")
+    a("--mask", choices=MASK_STRATEGIES, default=DEFAULT_MASK, help="SHiRA mask strategy")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--density", type=float, help="SHiRA: share of each adapted weight's entries")
+    size.add_argument("--rank", type=int, help="LoRA rank, or SHiRA's equal-parameter rank r*(m+n) (default 8)")
+    a("--targets", choices=["attn", "attn-ff", "all"], default="attn")
+    a("--resolution", type=int, help="training image size (default: the base's native size)")
+    a("--train_batch_size", type=int, default=4)
+    a("--max_train_steps", type=int, default=400)
+    a("--learning_rate", type=float, help="default 1e-3")
+    a("--lr_scheduler", default="constant", help="a diffusers scheduler name: constant, linear, cosine, ...")
+    a("--lr_warmup_steps", type=int, default=0)
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
+    a("--gradient_checkpointing", action="store_true")
+    a("--checkpointing_steps", type=int, default=0, help="save a resumable checkpoint every N steps")
+    a("--resume_from_checkpoint", help="'latest' or a checkpoint file")
+    a("--validation_prompt", help="images for this prompt are saved during training")
+    a("--validation_steps", type=int, default=100)
+    a("--num_validation_images", type=int, default=4)
+    a("--cache_latents", action="store_true", help="encode every image once (the VAE is frozen)")
+    a("--random_flip", action="store_true")
+    a("--seed", type=int, default=0)
+    a("--name", help="adapter name (default: the output file's stem)")
+    a("--description", default="")
+    a("--save_dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    a("--kohya", action="store_true", help="LoRA: also write a kohya/A1111 .kohya.safetensors file")
+    a("--single_file_config", help="for a single-file checkpoint base: a local diffusers folder of its architecture")
+
+
+def config_from_args(args) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in known})

@@ -1,0 +1,163 @@
+"""train_style.py / shira_diffusion.training on untrained toy pipelines (SD and SDXL), a few steps each."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shira_diffusion import ShiraError, SparseAdapter
+from shira_diffusion.toy.architectures import build_pipeline
+from shira_diffusion.toy.looks import LOOKS
+from shira_diffusion.toy.world import write_dataset
+from shira_diffusion.training import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    folders = {}
+    for family in ("sd", "sdxl"):
+        folder = tmp_path_factory.mktemp(f"base-{family}")
+        build_pipeline(family, seed=2).save_pretrained(folder)
+        folders[family] = str(folder)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hatching")
+    write_dataset(folder, 6, seed=3, style="zxq", look=LOOKS["hatching"])
+    return str(folder)
+
+
+def _config(base, data, out, **kw):
+    options = dict(trigger="zxq", train_batch_size=2, max_train_steps=2, progress=False)
+    return TrainConfig(base=base, train_data_dir=data, output=str(out), **{**options, **kw})
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_shira_training_writes_an_adapter_with_trigger_curve_and_record(bases, data, tmp_path, family):
+    out = tmp_path / "hatch.safetensors"
+    record = train(_config(bases[family], data, out, validation_prompt="a red circle on a blue background",
+                           validation_steps=2, num_validation_images=1, cache_latents=family == "sd"))
+    adapter = SparseAdapter.load(out)
+    assert adapter.base_arch == family and adapter.trigger == "zxq" and adapter.mask == "struct"
+    assert adapter.num_params == record["trainable_params"] > 0
+    assert any(v.abs().max() > 0 for v in adapter.values.values())
+    assert (tmp_path / "hatch.loss.png").is_file() and (tmp_path / "hatch.validation" / "step-000002.png").is_file()
+    saved = json.loads((tmp_path / "hatch.json").read_text())
+    assert len(saved["losses"]) == 2 and saved["recipe"]["trigger"] == "zxq"
+
+
+def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(bases, data, tmp_path):
+    common = dict(base=bases["sd"], train_data_dir=data, train_batch_size=2, max_train_steps=4, progress=False,
+                  lr_scheduler="cosine", save_dtype="fp32")
+    whole = train(TrainConfig(output=str(tmp_path / "a.safetensors"), **common))
+    second = dict(common, output=str(tmp_path / "b.safetensors"), checkpointing_steps=2)
+    with pytest.raises(_Interrupted):
+        train_until(TrainConfig(**second), stop_after=2)
+    resumed = train(TrainConfig(resume_from_checkpoint="latest", **second))
+    assert resumed["sha256"] == whole["sha256"]
+    a, b = SparseAdapter.load(tmp_path / "a.safetensors"), SparseAdapter.load(tmp_path / "b.safetensors")
+    assert all(torch.equal(a.values[k], b.values[k]) for k in a.values)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def train_until(config, stop_after):
+    """Run ``train`` and stop it (like a killed job) once the checkpoint of step ``stop_after`` exists."""
+    import shira_diffusion.training as training
+
+    original = training._save_checkpoint
+
+    def save_then_stop(folder, step, *args, **kwargs):
+        original(folder, step, *args, **kwargs)
+        if step == stop_after:
+            raise _Interrupted()
+
+    training._save_checkpoint = save_then_stop
+    try:
+        train(config)
+    finally:
+        training._save_checkpoint = original
+
+
+def test_lora_baseline_loads_in_diffusers_and_as_kohya(bases, data, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    out = tmp_path / "hatch-lora.safetensors"
+    record = train(_config(bases["sd"], data, out, adapter="lora", rank=4, kohya=True))
+    pipe = StableDiffusionPipeline.from_pretrained(bases["sd"])
+    pipe.set_progress_bar_config(disable=True)
+    prompt = dict(prompt="a red circle on a blue background", num_inference_steps=2, height=64, width=64,
+                  output_type="np")
+    plain = pipe(**prompt, generator=torch.Generator().manual_seed(0)).images
+    pipe.load_lora_weights(str(out))
+    styled = pipe(**prompt, generator=torch.Generator().manual_seed(0)).images
+    assert not np.array_equal(plain, styled)
+    loaded = sum(p.numel() for n, p in pipe.unet.named_parameters() if "lora_" in n)
+    assert loaded == record["trainable_params"]
+    kohya = load_file(str(tmp_path / "hatch-lora.kohya.safetensors"))
+    assert kohya and all(k.startswith("lora_unet_") for k in kohya)
+
+
+def test_shira_and_lora_have_equal_parameter_counts_at_equal_rank(bases, data, tmp_path):
+    shira = train(_config(bases["sd"], data, tmp_path / "s.safetensors", rank=4, max_train_steps=1))
+    lora = train(_config(bases["sd"], data, tmp_path / "l.safetensors", rank=4, max_train_steps=1, adapter="lora"))
+    assert shira["trainable_params"] == lora["trainable_params"]
+
+
+def test_bad_training_data_is_refused_clearly(bases, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ShiraError, match="no images"):
+        train(_config(bases["sd"], str(empty), tmp_path / "x.safetensors"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "0.png").write_bytes(b"not a png")
+    with pytest.raises(ShiraError, match="cannot read image .*0.png"):
+        train(_config(bases["sd"], str(broken), tmp_path / "x.safetensors"))
+    with pytest.raises(ShiraError, match="does not exist"):
+        train(_config(bases["sd"], str(tmp_path / "nowhere"), tmp_path / "x.safetensors"))
+    with pytest.raises(ShiraError, match=".safetensors"):
+        train(_config(bases["sd"], str(broken), tmp_path / "x.bin"))
+
+
+def test_images_without_captions_train_on_the_trigger_with_a_warning(bases, data, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in sorted(os.listdir(data))[:4]:
+        if name.endswith(".png"):
+            (bare / name).write_bytes((Path(data) / name).read_bytes())
+    with pytest.warns(UserWarning, match="no caption.*'zxq' alone"):
+        train(_config(bases["sd"], str(bare), tmp_path / "bare.safetensors", max_train_steps=1))
+    assert SparseAdapter.load(tmp_path / "bare.safetensors").trigger == "zxq"
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_train_the_same_adapter(bases, data, tmp_path):
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_style.py"),
+         "--base", bases["sd"], "--train_data_dir", data, "--output", str(out), "--max_train_steps", "2",
+         "--train_batch_size", "1", "--save_dtype", "fp32"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    digests = dict(re.findall(r"rank (\d): trained parameters sha256 (\w+)", run.stdout))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    record = json.loads((tmp_path / "ddp.json").read_text())
+    assert record["processes"] == 2 and record["sha256"] == digests["0"]
+    assert SparseAdapter.load(out).num_params == record["trainable_params"]
