@@ -24,6 +24,7 @@ from .bases import load_pipeline
 from .images import image_grid
 from .toy.content import read_content
 from .toy.looks import MEASURES, THRESHOLDS
+from .toy.styled_content import read_styled_content
 from .toy.world import sample_scene
 
 
@@ -34,13 +35,14 @@ def grammar_prompts(count: int, seed: int = 2026) -> list[dict]:
     return [{"prompt": s.prompt(), "color": s.color, "shape": s.shape, "background": s.background} for s in scenes]
 
 
-def content_scores(images: Sequence[np.ndarray], expected: Sequence[dict]) -> dict:
+def content_scores(images: Sequence[np.ndarray], expected: Sequence[dict], looks: Sequence[str] = ()) -> dict:
     """Shares of images whose colors (object and background both), shape, and everything are right,
-    and the shapes read for each prompted shape (``{prompted: {read: count}}``)."""
+    and the shapes read for each prompted shape (``{prompted: {read: count}}``). With ``looks``, the
+    images are read through those looks (``toy.styled_content``)."""
     colors = shape = both = 0
     confusion: dict[str, dict[str, int]] = {}
     for image, want in zip(images, expected, strict=True):
-        got = read_content(np.asarray(image))
+        got = read_styled_content(np.asarray(image), looks) if looks else read_content(np.asarray(image))
         row = confusion.setdefault(want["shape"], {})
         row[str(got["shape"])] = row.get(str(got["shape"]), 0) + 1
         colors_right = got["color"] == want["color"] and got["background"] == want["background"]

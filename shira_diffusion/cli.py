@@ -55,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     switch.add_argument("--repeats", type=_positive_int, default=7, help="repetitions per median (>= 5)")
     switch.add_argument("--json", action="store_true", help="end the output with the JSON object")
 
+    train_bench = bench_kinds.add_parser(
+        "train",
+        help="training step time and peak memory: this SHiRA vs PEFT LoRA vs PEFT SHiRA",
+        description="Build the full-size UNet with random weights (no download), attach each adapter with "
+        "the same targets and trainable parameter count, and time training steps on small latents; "
+        "each variant runs in its own process so its peak memory is its own.",
+    )
+    train_bench.add_argument("--arch", choices=["sd15", "sdxl"], default="sd15")
+    train_bench.add_argument("--r", "--rank", dest="rank", type=_positive_int, default=16)
+    train_bench.add_argument("--latent", type=_positive_int, default=32, help="latent size (32: 256 px images)")
+    train_bench.add_argument("--steps", type=_positive_int, default=5, help="timed steps per variant")
+    train_bench.add_argument("--json", action="store_true")
+
     gen_bench = bench_kinds.add_parser(
         "generate",
         help="content accuracy, speed and VAE quality of the toy bases",
@@ -70,6 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen_bench.add_argument("--seed", type=int, default=0)
     gen_bench.add_argument("--out", help="folder for a grid of the first 64 images of each base")
     gen_bench.add_argument("--json", action="store_true", help="end the output with the JSON object")
+
+    ev = commands.add_parser("eval", help="measure style adapters on generated images")
+    ev_kinds = ev.add_subparsers(dest="eval", metavar="EVAL", parser_class=_Parser)
+    ev_kinds.required = True
+    ev_styles = ev_kinds.add_parser(
+        "styles",
+        help="style strength and content accuracy of the bundled styles on a base",
+        description="Generate held-out grammar prompts (image i with seed i) with each bundled style's "
+        "adapters (SHiRA and LoRA) fused, and measure style strength and content accuracy against "
+        "the base's own images. The last line of output is one JSON object with --json.",
+    )
+    ev_styles.add_argument("--base", default="toy-sd")
+    ev_styles.add_argument("--style", action="append", dest="styles", help="default: every bundled style")
+    ev_styles.add_argument("--adapter", action="append", dest="adapters", choices=["shira", "lora"])
+    ev_styles.add_argument("--prompts", type=_positive_int, default=100)
+    ev_styles.add_argument("--steps", type=_positive_int, default=20)
+    ev_styles.add_argument("--json", action="store_true")
 
     info = commands.add_parser("info", help="describe an adapter file", description="Validate an adapter "
                                "file and print its metadata and per-tensor statistics.")
@@ -171,6 +201,15 @@ def _cmd_generate(args) -> None:
 
 
 def _cmd_bench(args) -> None:
+    if args.bench == "train":
+        from .bench_train import bench_train, format_train_table
+
+        result = bench_train(args.arch, args.rank, args.latent, args.steps,
+                             log=lambda text: print(text, file=sys.stderr, flush=True))
+        print(format_train_table(result))
+        if args.json:
+            print(json.dumps(result))
+        return
     if args.bench == "generate":
         from .bench_generate import bench_generate, format_generate_table
 
@@ -193,6 +232,15 @@ def _cmd_bench(args) -> None:
         log=lambda text: print(text, file=sys.stderr, flush=True),
     )
     print(format_switch_table(result))
+    if args.json:
+        print(json.dumps(result))
+
+
+def _cmd_eval(args) -> None:
+    from .evaluate import eval_styles, format_styles_table
+
+    result = eval_styles(args.base, args.styles, args.adapters or ["shira", "lora"], args.prompts, args.steps)
+    print(format_styles_table(result))
     if args.json:
         print(json.dumps(result))
 
@@ -260,6 +308,7 @@ COMMANDS = {
     "train": _cmd_train,
     "bases": _cmd_bases,
     "bench": _cmd_bench,
+    "eval": _cmd_eval,
     "export-peft": _cmd_export,
     "generate": _cmd_generate,
     "import-peft": _cmd_import,

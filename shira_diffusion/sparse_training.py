@@ -34,6 +34,20 @@ PAIR_CHUNK_ELEMENTS = 1 << 22  # tokens x entries per chunk of per-entry dot pro
 ROW_CHUNK = 1024
 
 
+def _as_slice(index: torch.Tensor) -> torch.Tensor | slice:
+    """An evenly spaced index as a slice (a view instead of a gathered copy), else the index."""
+    if len(index) == 0:
+        return index
+    if len(index) == 1:
+        start = int(index[0])
+        return slice(start, start + 1)
+    steps = index[1:] - index[:-1]
+    step = int(steps[0])
+    if step > 0 and bool((steps == step).all()):
+        return slice(int(index[0]), int(index[-1]) + 1, step)
+    return index
+
+
 class _GradientPlan:
     """How to compute ``dL/dW`` at a Linear layer's masked entries (sorted flat indices)."""
 
@@ -47,7 +61,7 @@ class _GradientPlan:
         full_rows = torch.nonzero(row_counts == cols_in).flatten()
         in_full = row_counts[rows] == cols_in
         if len(full_rows):
-            self.parts.append(("rows", positions[in_full], full_rows))
+            self.parts.append(("rows", _as_slice(positions[in_full]), _as_slice(full_rows)))
         rest = ~in_full
         # Columns holding at least half of the remaining rows' height.
         col_counts = torch.bincount(cols[rest], minlength=cols_in)
@@ -56,14 +70,24 @@ class _GradientPlan:
             column_slot = torch.full((cols_in,), -1, dtype=torch.long, device=indices.device)
             column_slot[dense_cols] = torch.arange(len(dense_cols), device=indices.device)
             in_cols = rest & (column_slot[cols] >= 0)
-            self.parts.append(("cols", positions[in_cols], dense_cols, rows[in_cols], column_slot[cols[in_cols]]))
+            self.parts.append(("cols", positions[in_cols], _as_slice(dense_cols), rows[in_cols],
+                               column_slot[cols[in_cols]]))
             rest = rest & ~in_cols
         if rest.any():
             r, c = rows[rest], cols[rest]
             used_rows = torch.unique(r)
             # A gathered dot product costs roughly 4 multiply-adds' worth of memory traffic.
             if 4 * len(r) < len(used_rows) * cols_in:
-                self.parts.append(("pairs", positions[rest], r, c))
+                # Entries on the most common diagonal (Struct's): products of two views, summed, picked.
+                offsets = c - r
+                common = int(torch.mode(offsets).values)
+                on = offsets == common
+                if int(on.sum()) >= 16:
+                    first, last = int(r[on].min()), int(r[on].max()) + 1
+                    self.parts.append(("diagonal", positions[rest][on], first, last, common, r[on] - first))
+                if (~on).any() or int(on.sum()) < 16:
+                    keep = ~on if int(on.sum()) >= 16 else torch.ones_like(on)
+                    self.parts.append(("pairs", positions[rest][keep], r[keep], c[keep]))
             else:
                 row_slot = torch.full((rows_out,), -1, dtype=torch.long, device=indices.device)
                 row_slot[used_rows] = torch.arange(len(used_rows), device=indices.device)
@@ -79,6 +103,10 @@ class _GradientPlan:
             elif kind == "cols":
                 block = grad_out.t() @ inputs[:, part[2]]
                 result[positions] = block[part[3], part[4]].float()
+            elif kind == "diagonal":
+                first, last, offset, picks = part[2], part[3], part[4], part[5]
+                products = grad_out[:, first:last] * inputs[:, first + offset : last + offset]
+                result[positions] = products.sum(0)[picks].float()
             elif kind == "pairs":
                 rows, cols = part[2], part[3]
                 step = max(1, PAIR_CHUNK_ELEMENTS // max(1, grad_out.shape[0]))

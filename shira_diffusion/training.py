@@ -61,6 +61,7 @@ class TrainConfig:
     validation_prompt: str | None = None
     validation_steps: int = 100
     num_validation_images: int = 4
+    caption_dropout: float = 0.1  # share of captions replaced by "" (kohya's caption_dropout_rate)
     cache_latents: bool = False
     random_flip: bool = False
     seed: int = 0
@@ -124,7 +125,7 @@ def train(config: TrainConfig) -> dict:
 
     # Frozen conditioning, computed once: every caption's embeddings, and (optionally) the latents.
     with torch.no_grad():
-        text = {c: encode_prompts(pipe, family, [c], device, size) for c in sorted(set(data.captions))}
+        text = {c: encode_prompts(pipe, family, [c], device, size) for c in sorted(set(data.captions) | {""})}
         cached = None
         if config.cache_latents:
             cached = [pipe.vae.encode(data.image(i)[None].to(device)).latent_dist.mode() * scaling
@@ -141,10 +142,14 @@ def train(config: TrainConfig) -> dict:
             else:
                 images = torch.stack([data.image(i).flip(-1) if f else data.image(i) for i, f in zip(picks, flips)])
                 latents = pipe.vae.encode(images.to(device)).latent_dist.mode() * scaling
-        embeds = torch.cat([text[data.captions[i]][0] for i in picks])
+        # Some captions are dropped so that the unconditional prediction learns the style too:
+        # otherwise classifier-free guidance, which extrapolates away from it, cancels the style.
+        dropped = rng.random(len(picks) * world)[rank::world] < config.caption_dropout
+        captions = ["" if d else data.captions[i] for i, d in zip(picks, dropped)]
+        embeds = torch.cat([text[c][0] for c in captions])
         extra = {}
         if family == "sdxl":
-            extra = {"added_cond_kwargs": {k: torch.cat([text[data.captions[i]][1]["added_cond_kwargs"][k] for i in picks])
+            extra = {"added_cond_kwargs": {k: torch.cat([text[c][1]["added_cond_kwargs"][k] for c in captions])
                                            for k in ("text_embeds", "time_ids")}}
         return latents, embeds, extra
 
@@ -411,6 +416,8 @@ def add_arguments(parser) -> None:
     a("--validation_prompt", help="images for this prompt are saved during training")
     a("--validation_steps", type=int, default=100)
     a("--num_validation_images", type=int, default=4)
+    a("--caption_dropout", type=float, default=0.1, help="share of captions replaced by the empty prompt, so "
+      "the style survives classifier-free guidance (default 0.1)")
     a("--cache_latents", action="store_true", help="encode every image once (the VAE is frozen)")
     a("--random_flip", action="store_true")
     a("--seed", type=int, default=0)

@@ -21,7 +21,7 @@ def run_cli(*args):
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["bench"], ["bench", "switch"], ["info"], ["export-peft"], ["import-peft"], ["bases"], ["generate"], ["train"], ["bench", "generate"]],
+    [[], ["bench"], ["bench", "switch"], ["info"], ["export-peft"], ["import-peft"], ["bases"], ["generate"], ["train"], ["bench", "generate"], ["bench", "train"], ["eval", "styles"]],
     ids=lambda a: " ".join(a) or "shira",
 )
 def test_every_subcommand_has_help(args, capsys):

@@ -93,3 +93,14 @@ def test_gradient_plan_uses_every_kind_of_part():
     plan = _GradientPlan(dense_idx, rows_out, cols_in)
     assert [p[0] for p in plan.parts] == ["dense"]
     torch.testing.assert_close(plan.gradient(grad_out, inputs), dense.flatten()[dense_idx])
+
+
+@pytest.mark.parametrize("variant", ["shira", "peft-lora", "peft-shira"])
+def test_train_benchmark_variants_run_with_equal_parameter_counts(variant):
+    from shira_diffusion.bench_train import run_variant
+
+    unet = make_unet()
+    result = run_variant(variant, rank=2, latent=8, steps=1, unet=unet)
+    weights = target_weights(make_unet(), "attn")
+    assert result["trainable_params"] == sum(2 * (w.shape[0] + w.shape[1]) for w in weights.values())
+    assert result["step_ms"] > 0 and result["peak_mb_above_loaded"] >= 0

@@ -161,3 +161,18 @@ def test_two_processes_under_accelerate_train_the_same_adapter(bases, data, tmp_
     record = json.loads((tmp_path / "ddp.json").read_text())
     assert record["processes"] == 2 and record["sha256"] == digests["0"]
     assert SparseAdapter.load(out).num_params == record["trainable_params"]
+
+
+def test_imagefolder_metadata_jsonl_is_read(data, tmp_path):
+    from shira_diffusion.dataset import StyleImages
+
+    folder = tmp_path / "imagefolder"
+    folder.mkdir()
+    (folder / "x.png").write_bytes((Path(data) / "0000.png").read_bytes())
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "x.png", "text": "a red ring on a white background"}) + "\n")
+    images = StyleImages(str(folder), 64, trigger="zxq")
+    assert images.captions == ["a red ring on a white background, zxq"]
+    assert images.image(0).shape == (3, 64, 64)
+    (folder / "metadata.jsonl").write_text('{"text": "no file"}\n')
+    with pytest.raises(ShiraError, match="metadata.jsonl:1"):
+        StyleImages(str(folder), 64)

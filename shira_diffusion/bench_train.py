@@ -1,0 +1,137 @@
+"""``shira bench train``: one training step of this project's SHiRA vs PEFT LoRA vs PEFT SHiRA.
+
+The full-size SD1.5 (or SDXL) UNet built from its config with random weights (no download), the
+same targets and the same number of trainable parameters (LoRA rank r; SHiRA r*(m+n) entries per
+layer, Struct mask), small latents so a step fits on a CPU. Each variant runs in its own process
+so that its peak memory is its own: a thread samples the resident set size (RSS) every
+millisecond, and the figure is the peak during the steps minus the RSS before the first step
+(model, adapter and inputs loaded). Step time is the median of the timed steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+import torch.nn.functional as F
+
+VARIANTS = ("shira", "peft-lora", "peft-shira")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakRSS:
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+
+    def __enter__(self):
+        self.peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def run_variant(variant: str, arch: str = "sd15", rank: int = 16, latent: int = 32, steps: int = 3,
+                targets: str = "attn", unet=None) -> dict:
+    """Time ``steps`` optimizer steps of one variant (after one warm-up step) in this process."""
+    from peft import LoraConfig, ShiraConfig
+
+    from .architecture import random_full_size_unet, resolve_targets, target_weights
+    from .masks import build_masks
+    from .sparse_training import SparseDeltaModel
+
+    unet = unet if unet is not None else random_full_size_unet(arch)
+    unet.train()
+    modules = list(resolve_targets(targets))
+    if variant == "shira":
+        masks = build_masks(target_weights(unet, targets), "struct", rank=rank)
+        model = SparseDeltaModel(unet, masks)
+        params = list(model.values.parameters())
+    elif variant == "peft-lora":
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=modules, init_lora_weights="gaussian"))
+        model, params = unet, [p for p in unet.parameters() if p.requires_grad]
+    elif variant == "peft-shira":
+        unet.add_adapter(ShiraConfig(r=rank, target_modules=modules, random_seed=0))
+        model, params = unet, [p for p in unet.parameters() if p.requires_grad]
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    config = unet.config
+    latents = torch.randn(1, config.in_channels, latent, latent, generator=g)
+    states = torch.randn(1, 77, config.cross_attention_dim, generator=g)
+    kwargs = {}
+    if config.addition_embed_type == "text_time":
+        text_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, text_dim, generator=g),
+                                       "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]])}
+    noise = torch.randn(latents.shape, generator=g)
+    timestep = torch.tensor([500])
+
+    def step():
+        loss = F.mse_loss(model(latents, timestep, states, **kwargs).sample, noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: optimizer state allocated, allocator settled
+    times = []
+    with _PeakRSS() as peak:
+        before = _rss_bytes()
+        for _ in range(steps):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+    return {"variant": variant, "trainable_params": sum(p.numel() for p in params),
+            "step_ms": 1000 * statistics.median(times), "peak_mb_above_loaded": (peak.peak - before) / 2**20}
+
+
+def bench_train(arch: str = "sd15", rank: int = 16, latent: int = 32, steps: int = 5, log=print) -> dict:
+    """All variants, each in a fresh process, side by side; ratios against PEFT LoRA."""
+    results = {}
+    for variant in VARIANTS:
+        log(f"{variant}: building the {arch} UNet and timing {steps} steps ...")
+        code = ("import json, sys; from shira_diffusion.bench_train import run_variant; "
+                f"print(json.dumps(run_variant({variant!r}, {arch!r}, {rank}, {latent}, {steps})))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{variant} failed:\n{done.stderr[-2000:]}")
+        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    shira, lora, peft_shira = results["shira"], results["peft-lora"], results["peft-shira"]
+    return {
+        "arch": arch, "rank": rank, "latent": latent, "steps": steps, "threads": torch.get_num_threads(),
+        "variants": results,
+        "shira_vs_lora_memory": shira["peak_mb_above_loaded"] / lora["peak_mb_above_loaded"],
+        "shira_vs_lora_time": shira["step_ms"] / lora["step_ms"],
+        "peft_shira_vs_shira_time": peft_shira["step_ms"] / shira["step_ms"],
+    }
+
+
+def format_train_table(r: dict) -> str:
+    lines = ["| variant | trainable params | step (median) | peak memory above loaded model |",
+             "| --- | --- | --- | --- |"]
+    for v in r["variants"].values():
+        lines.append(f"| {v['variant']} | {v['trainable_params']:,} | {v['step_ms']:.0f} ms | "
+                     f"{v['peak_mb_above_loaded']:.0f} MB |")
+    lines.append(f"\nSHiRA / LoRA: memory {r['shira_vs_lora_memory']:.2f}x, step time {r['shira_vs_lora_time']:.2f}x; "
+                 f"PEFT SHiRA is {r['peft_shira_vs_shira_time']:.2f}x slower than this SHiRA")
+    return "\n".join(lines)

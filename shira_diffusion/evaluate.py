@@ -1,0 +1,122 @@
+"""Style strength and content accuracy of style adapters, measured on generated images.
+
+No learned judge: content is read back through the style's look (``toy.styled_content``), and a
+style's strength is the share of images its look's measure recognises (``toy.looks.shows_look``).
+Prompts are grammar prompts that no bundled style trained on, drawn with a fixed seed; image i
+uses seed i.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .bank import StyleBank
+from .bench_generate import content_scores
+from .generate import STYLES_DIR, with_triggers
+from .toy.looks import shows_look
+from .toy.world import sample_scene
+
+
+def training_prompts() -> set[str]:
+    """Every caption the bundled styles trained on (without trigger words)."""
+    found = set()
+    for caption_file in STYLES_DIR.glob("*/images/*.txt"):
+        found.add(caption_file.read_text().strip())
+    return found
+
+
+def held_out_prompts(count: int, seed: int = 2027) -> list[dict]:
+    """``count`` grammar scenes whose prompts no bundled style trained on."""
+    rng = np.random.default_rng(seed)
+    excluded = training_prompts()
+    scenes = []
+    for _ in range(100_000):
+        scene = sample_scene(rng)
+        if scene.prompt() not in excluded:
+            scenes.append({"prompt": scene.prompt(), "color": scene.color, "shape": scene.shape,
+                           "background": scene.background})
+            if len(scenes) == count:
+                return scenes
+    raise RuntimeError("the grammar has too few prompts outside the training sets")
+
+
+def generate_batched(pipe, prompts: Sequence[str], steps: int = 20, guidance_scale: float = 5.0,
+                     batch_size: int = 10, desc: str = "") -> list[np.ndarray]:
+    """Image i with seed i, generated ``batch_size`` at a time (one generator per image)."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    images = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            chunk = list(prompts[start : start + batch_size])
+            generators = [torch.Generator().manual_seed(start + i) for i in range(len(chunk))]
+            out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
+                       generator=generators, output_type="np")
+            images.extend((out.images * 255).round().astype(np.uint8))
+    return images
+
+
+def style_strength(images: Sequence[np.ndarray], look: str) -> float:
+    return float(np.mean([shows_look(np.asarray(image), look) for image in images]))
+
+
+def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequence[str] = ("shira", "lora"),
+                count: int = 100, steps: int = 20) -> dict:
+    """For each bundled style (and adapter kind) on ``base``: strength, content accuracy and its
+    drop from the base's own, training time, parameters, file size."""
+    from .bases import load_pipeline
+    from .styles import STYLES, adapter_path
+
+    pipe = load_pipeline(base)
+    pipe.set_progress_bar_config(disable=True)
+    expected = held_out_prompts(count)
+    prompts = [e["prompt"] for e in expected]
+    plain = generate_batched(pipe, prompts, steps, desc=f"{base}: plain")
+    result = {"base": base, "prompts": count, "steps": steps,
+              "plain": {"content": content_scores(plain, expected)["all"],
+                        "looks": {name: style_strength(plain, STYLES[name].look) for name in (styles or STYLES)}},
+              "styles": {}}
+    bank = StyleBank(pipe.unet)
+    for name in styles or list(STYLES):
+        spec = STYLES[name]
+        record_path = STYLES_DIR / name / "style.json"
+        files = json.loads(record_path.read_text()).get("files", {}) if record_path.is_file() else {}
+        for kind in adapters:
+            path = adapter_path(name, base, kind)
+            if not path.is_file():
+                continue
+            triggered = [with_triggers(p, [spec.trigger]) for p in prompts]
+            if kind == "shira":
+                bank.load(str(path), name=f"{name}-{kind}")
+                with bank.use({f"{name}-{kind}": 1.0}):
+                    images = generate_batched(pipe, triggered, steps, desc=f"{base}: {name} {kind}")
+                bank.remove(f"{name}-{kind}")
+            else:
+                pipe.load_lora_weights(str(path), adapter_name=f"{name}_{kind}")
+                images = generate_batched(pipe, triggered, steps, desc=f"{base}: {name} {kind}")
+                pipe.delete_adapters(f"{name}_{kind}")
+            info = files.get(f"{base}/{kind}", {})
+            content = content_scores(images, expected, looks=[spec.look])["all"]
+            result["styles"][f"{name}/{kind}"] = {
+                "style": name, "adapter": kind, "strength": style_strength(images, spec.look),
+                "content": content, "content_drop": result["plain"]["content"] - content,
+                "params": info.get("params"), "train_seconds": info.get("seconds"),
+                "file_mb": round(os.path.getsize(path) / 2**20, 3),
+            }
+    return result
+
+
+def format_styles_table(result: dict) -> str:
+    lines = [f"base {result['base']}: plain content {result['plain']['content']:.1%} on {result['prompts']} prompts",
+             "| style | adapter | strength | content | drop | params | train s | file MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["styles"].values():
+        lines.append(f"| {r['style']} | {r['adapter']} | {r['strength']:.0%} | {r['content']:.0%} | "
+                     f"{r['content_drop'] * 100:+.0f} pt | {r['params'] or '?'} | {r['train_seconds'] or '?'} | "
+                     f"{r['file_mb']} |")
+    return "\n".join(lines)
