@@ -94,6 +94,7 @@ def run_variant(variant: str, arch: str = "sd15", rank: int = 16, latent: int = 
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up: optimizer state allocated, allocator settled
+    saved = _saved_for_backward(model, lambda: model(latents, timestep, states, **kwargs).sample)
     times = []
     with _PeakRSS() as peak:
         before = _rss_bytes()
@@ -102,7 +103,31 @@ def run_variant(variant: str, arch: str = "sd15", rank: int = 16, latent: int = 
             step()
             times.append(time.perf_counter() - started)
     return {"variant": variant, "trainable_params": sum(p.numel() for p in params),
-            "step_ms": 1000 * statistics.median(times), "peak_mb_above_loaded": (peak.peak - before) / 2**20}
+            "step_ms": 1000 * statistics.median(times), "peak_mb_above_loaded": (peak.peak - before) / 2**20,
+            "saved_for_backward_mb": saved / 2**20,
+            "state_mb": sum(p.numel() * p.element_size() for p in params) * 4 / 2**20}  # values, grads, Adam's 2
+
+
+def _saved_for_backward(model, forward) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass of one forward, other than
+    parameters (saved by reference): the activation memory a training method costs."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.layout != torch.strided:  # PEFT SHiRA's sparse COO delta: its values and indices
+            for part in (tensor._values(), tensor._indices()):
+                seen[part.untyped_storage().data_ptr()] = part.untyped_storage().nbytes()
+            return tensor
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = forward()
+    del out
+    return sum(seen.values())
 
 
 def bench_train(arch: str = "sd15", rank: int = 16, latent: int = 32, steps: int = 5, log=print) -> dict:
@@ -121,17 +146,19 @@ def bench_train(arch: str = "sd15", rank: int = 16, latent: int = 32, steps: int
         "arch": arch, "rank": rank, "latent": latent, "steps": steps, "threads": torch.get_num_threads(),
         "variants": results,
         "shira_vs_lora_memory": shira["peak_mb_above_loaded"] / lora["peak_mb_above_loaded"],
+        "shira_vs_lora_saved": shira["saved_for_backward_mb"] / lora["saved_for_backward_mb"],
         "shira_vs_lora_time": shira["step_ms"] / lora["step_ms"],
         "peft_shira_vs_shira_time": peft_shira["step_ms"] / shira["step_ms"],
     }
 
 
 def format_train_table(r: dict) -> str:
-    lines = ["| variant | trainable params | step (median) | peak memory above loaded model |",
-             "| --- | --- | --- | --- |"]
+    lines = ["| variant | trainable params | step (median) | peak RSS above loaded model | saved for backward "
+             "| params + grads + Adam |", "| --- | --- | --- | --- | --- | --- |"]
     for v in r["variants"].values():
         lines.append(f"| {v['variant']} | {v['trainable_params']:,} | {v['step_ms']:.0f} ms | "
-                     f"{v['peak_mb_above_loaded']:.0f} MB |")
-    lines.append(f"\nSHiRA / LoRA: memory {r['shira_vs_lora_memory']:.2f}x, step time {r['shira_vs_lora_time']:.2f}x; "
+                     f"{v['peak_mb_above_loaded']:.0f} MB | {v['saved_for_backward_mb']:.1f} MB | {v['state_mb']:.1f} MB |")
+    lines.append(f"\nSHiRA / LoRA: peak RSS {r['shira_vs_lora_memory']:.2f}x, saved activations "
+                 f"{r['shira_vs_lora_saved']:.2f}x, step time {r['shira_vs_lora_time']:.2f}x; "
                  f"PEFT SHiRA is {r['peft_shira_vs_shira_time']:.2f}x slower than this SHiRA")
     return "\n".join(lines)

@@ -22,7 +22,6 @@ so SHiRA and LoRA can be compared at equal parameter count (PEFT's ShiraConfig d
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 

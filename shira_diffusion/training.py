@@ -50,7 +50,7 @@ class TrainConfig:
     resolution: int | None = None  # default: the base's native size
     train_batch_size: int = 4
     max_train_steps: int = 400
-    learning_rate: float | None = None  # default: 1e-3 for SHiRA, 1e-3 for LoRA
+    learning_rate: float | None = None  # default 1e-3
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     gradient_accumulation_steps: int = 1
@@ -231,7 +231,8 @@ def train(config: TrainConfig) -> dict:
     bar.close()
     seconds = time.time() - started
     digest = _digest(params)
-    print(f"rank {rank}: trained parameters sha256 {digest}", flush=True)
+    if world > 1:  # every rank must hold the same adapter: say so in the log
+        print(f"rank {rank}: trained parameters sha256 {digest}", flush=True)
 
     record = {
         "adapter": config.adapter, "base": str(config.base), "family": family, "steps": step,

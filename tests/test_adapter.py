@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 from shira_diffusion import AdapterFileError, ArchitectureMismatchError, SparseAdapter, StyleBank
 from shira_diffusion.adapter import FORMAT_VERSION
 
-from conftest import TINY_SDXL, forward, make_adapter, make_unet, unet_inputs
+from conftest import forward, make_adapter, make_unet, unet_inputs
 
 
 def test_round_trip_keeps_everything(sd_unet, tmp_path):

@@ -4,7 +4,7 @@ import torch
 from shira_diffusion import ShiraError, build_masks, calibration_gradients, mask_size, target_weights
 from shira_diffusion.masks import MASK_STRATEGIES, matrix_shape, struct_mask
 
-from conftest import forward, make_unet, unet_inputs, TINY_SDXL
+from conftest import make_unet, unet_inputs, TINY_SDXL
 
 
 def _grads(weights, seed=0):

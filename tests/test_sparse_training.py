@@ -103,4 +103,4 @@ def test_train_benchmark_variants_run_with_equal_parameter_counts(variant):
     result = run_variant(variant, rank=2, latent=8, steps=1, unet=unet)
     weights = target_weights(make_unet(), "attn")
     assert result["trainable_params"] == sum(2 * (w.shape[0] + w.shape[1]) for w in weights.values())
-    assert result["step_ms"] > 0 and result["peak_mb_above_loaded"] >= 0
+    assert result["step_ms"] > 0 and result["peak_mb_above_loaded"] >= 0 and result["saved_for_backward_mb"] > 0
