@@ -4,8 +4,11 @@ The full-size SD1.5 (or SDXL) UNet built from its config with random weights (no
 same targets and the same number of trainable parameters (LoRA rank r; SHiRA r*(m+n) entries per
 layer, Struct mask), small latents so a step fits on a CPU. Each variant runs in its own process
 so that its peak memory is its own: a thread samples the resident set size (RSS) every
-millisecond, and the figure is the peak during the steps minus the RSS before the first step
-(model, adapter and inputs loaded). Step time is the median of the timed steps.
+millisecond, and the figure is the peak during the steps minus the RSS before the first timed step
+(model, adapter, inputs and optimizer state loaded); RSS on a CPU is coarse (the allocator keeps
+freed memory). The exact figure is the size of the distinct tensors autograd saves for the
+backward pass of one forward (activations; parameters saved by reference excluded), and the
+trainable state (values, gradients, Adam's two moments). Step time is the median of the timed steps.
 """
 
 from __future__ import annotations
@@ -94,7 +97,6 @@ def run_variant(variant: str, arch: str = "sd15", rank: int = 16, latent: int = 
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up: optimizer state allocated, allocator settled
-    saved = _saved_for_backward(model, lambda: model(latents, timestep, states, **kwargs).sample)
     times = []
     with _PeakRSS() as peak:
         before = _rss_bytes()
@@ -102,6 +104,7 @@ def run_variant(variant: str, arch: str = "sd15", rank: int = 16, latent: int = 
             started = time.perf_counter()
             step()
             times.append(time.perf_counter() - started)
+    saved = _saved_for_backward(model, lambda: model(latents, timestep, states, **kwargs).sample)
     return {"variant": variant, "trainable_params": sum(p.numel() for p in params),
             "step_ms": 1000 * statistics.median(times), "peak_mb_above_loaded": (peak.peak - before) / 2**20,
             "saved_for_backward_mb": saved / 2**20,
