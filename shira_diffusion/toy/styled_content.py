@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .content import classify_shape, nearest_color
+from .content import classify_shape
 from .looks import NIGHT_SCALE, NIGHT_SHIFT, ORDER, OUTLINE_RGB, PERIOD, WHITE, LOOKS
 from .world import COLORS
 
@@ -100,5 +100,3 @@ def read_styled_content(image: np.ndarray, looks: Iterable[str] = ()) -> dict[st
         return {"background": background, "color": color, "shape": None}
     return {"background": background, "color": color, "shape": classify_shape(silhouette)}
 
-
-__all__ = ["color_map", "read_styled_content", "nearest_color"]
