@@ -110,3 +110,16 @@ def sd_unet():
 @pytest.fixture
 def sdxl_unet():
     return make_unet(TINY_SDXL)
+
+
+@pytest.fixture(scope="session")
+def toy_pipeline_folders(tmp_path_factory):
+    """Untrained toy pipelines of both families saved as diffusers folders: {"sd": path, "sdxl": path}."""
+    from shira_diffusion.toy.architectures import build_pipeline
+
+    folders = {}
+    for family in ("sd", "sdxl"):
+        folder = tmp_path_factory.mktemp(f"toy-{family}")
+        build_pipeline(family, seed=1).save_pretrained(folder)
+        folders[family] = str(folder)
+    return folders

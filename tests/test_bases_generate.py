@@ -13,15 +13,10 @@ from shira_diffusion.toy.architectures import build_pipeline
 from shira_diffusion.toy.tokenizer import build_tokenizer, toy_vocabulary
 
 
-@pytest.fixture(scope="module")
-def base_folders(tmp_path_factory):
-    """Untrained toy pipelines of both families, saved as diffusers folders (stand-ins for the bases)."""
-    folders = {}
-    for family in ("sd", "sdxl"):
-        folder = tmp_path_factory.mktemp(f"toy-{family}")
-        build_pipeline(family, seed=1).save_pretrained(folder)
-        folders[family] = folder
-    return folders
+@pytest.fixture
+def base_folders(toy_pipeline_folders):
+    """Stand-ins for the bases (untrained toy pipelines, from conftest)."""
+    return toy_pipeline_folders
 
 
 def run_cli(*args):

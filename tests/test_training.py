@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from shira_diffusion import ShiraError, SparseAdapter
-from shira_diffusion.toy.architectures import build_pipeline
 from shira_diffusion.toy.looks import LOOKS
 from shira_diffusion.toy.world import write_dataset
 from shira_diffusion.training import TrainConfig, train
@@ -20,14 +19,9 @@ from shira_diffusion.training import TrainConfig, train
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def bases(tmp_path_factory):
-    folders = {}
-    for family in ("sd", "sdxl"):
-        folder = tmp_path_factory.mktemp(f"base-{family}")
-        build_pipeline(family, seed=2).save_pretrained(folder)
-        folders[family] = str(folder)
-    return folders
+@pytest.fixture
+def bases(toy_pipeline_folders):
+    return toy_pipeline_folders
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +64,7 @@ def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(bases, data, tmp_
 
 
 class _Interrupted(Exception):
-    pass
+    """Raised by ``train_until`` to stop a run like a killed job."""
 
 
 def train_until(config, stop_after):

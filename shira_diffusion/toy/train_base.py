@@ -232,6 +232,13 @@ def train(args) -> dict:
         _save_checkpoint(work, step, pipe, optimizer, stage, family,
                          extra={"vae_steps": vae_len.steps, "unet_steps": unet_len.steps})
 
+    def progress(length: _StageLength, local: int, stage_started: float, stage: str, loss) -> None:
+        if length.after_step(local, _synced_seconds(stage_started, device)):
+            bar.total = vae_len.steps + unet_len.steps  # the count was just fixed from the speed
+            bar.refresh()
+        bar.update(1)
+        bar.set_postfix(stage=stage, loss=f"{loss.item():.4f}")
+
     # Stage 1: the VAE.
     pipe.vae.train()
     if step < vae_len.steps:
@@ -247,11 +254,7 @@ def train(args) -> dict:
             loss.backward()
             vae_opt.step()
             step += 1
-            if vae_len.after_step(step, _synced_seconds(stage_started, device)):
-                bar.total = vae_len.steps + unet_len.steps
-                bar.refresh()
-            bar.update(1)
-            bar.set_postfix(stage="vae", loss=f"{loss.item():.4f}")
+            progress(vae_len, step, stage_started, "vae", loss)
             if step % args.checkpoint_every == 0 or step == vae_len.steps:
                 checkpoint("vae", vae_opt)
             if step >= vae_len.steps:
@@ -290,11 +293,7 @@ def train(args) -> dict:
             unet_opt.step()
             step += 1
             local += 1
-            if unet_len.after_step(local, _synced_seconds(stage_started, device)):
-                bar.total = vae_len.steps + unet_len.steps
-                bar.refresh()
-            bar.update(1)
-            bar.set_postfix(stage="unet", loss=f"{loss.item():.4f}")
+            progress(unet_len, local, stage_started, "unet", loss)
             if step % args.checkpoint_every == 0 or local == unet_len.steps:
                 checkpoint("unet", unet_opt)
             if args.sample_every and local % args.sample_every == 0 and local < unet_len.steps:
