@@ -32,6 +32,8 @@ def _density(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .styles import VARIANTS
+
     parser = _Parser(prog="shira", description="Sparse high-rank (SHiRA) style adapters for Stable Diffusion.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
@@ -96,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev_styles.add_argument("--base", default="toy-sd")
     ev_styles.add_argument("--style", action="append", dest="styles", help="default: every bundled style")
-    ev_styles.add_argument("--adapter", action="append", dest="adapters", choices=["shira", "lora"])
+    ev_styles.add_argument("--adapter", action="append", dest="adapters", choices=VARIANTS,
+                           help="default: every variant with a file (shira, shira-<mask>, lora)")
     ev_styles.add_argument("--prompts", type=_positive_int, default=100)
     ev_styles.add_argument("--steps", type=_positive_int, default=20)
     ev_styles.add_argument("--json", action="store_true")
@@ -239,7 +242,7 @@ def _cmd_bench(args) -> None:
 def _cmd_eval(args) -> None:
     from .evaluate import eval_styles, format_styles_table
 
-    result = eval_styles(args.base, args.styles, args.adapters or ["shira", "lora"], args.prompts, args.steps)
+    result = eval_styles(args.base, args.styles, args.adapters, args.prompts, args.steps)
     print(format_styles_table(result))
     if args.json:
         print(json.dumps(result))

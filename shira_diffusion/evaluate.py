@@ -65,12 +65,34 @@ def style_strength(images: Sequence[np.ndarray], look: str) -> float:
     return float(np.mean([shows_look(np.asarray(image), look) for image in images]))
 
 
-def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequence[str] = ("shira", "lora"),
+def vae_ceiling(pipe, look: str, count: int = 100, seed: int = 7, batch_size: int = 25) -> dict:
+    """Style strength and content accuracy of rendered scenes under ``look`` after a round trip
+    through the base's VAE: the most an adapter, which only changes the UNet, can reach."""
+    from .toy.looks import LOOKS
+    from .toy.world import render
+
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(count)]
+    styled = [LOOKS[look](render(scene)) for scene in scenes]
+    vae = pipe.vae
+    decoded = []
+    with torch.no_grad():
+        for start in range(0, count, batch_size):
+            x = torch.from_numpy(np.stack(styled[start : start + batch_size])).permute(0, 3, 1, 2)
+            x = (x.float() / 127.5 - 1).to(vae.device, vae.dtype)
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.float().clamp(-1, 1)
+            decoded.extend(((y + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    expected = [{"color": s.color, "shape": s.shape, "background": s.background} for s in scenes]
+    return {"strength": style_strength(decoded, look), "content": content_scores(decoded, expected, looks=[look])["all"]}
+
+
+def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequence[str] | None = None,
                 count: int = 100, steps: int = 20) -> dict:
-    """For each bundled style (and adapter kind) on ``base``: strength, content accuracy and its
-    drop from the base's own, training time, parameters, file size."""
+    """For each bundled style and adapter variant (``styles.VARIANTS``; default: every one whose
+    file exists) on ``base``: strength, content accuracy and its drop from the base's own, the
+    VAE's ceiling for the look, training time, parameters, file size."""
     from .bases import load_pipeline
-    from .styles import STYLES, adapter_path
+    from .styles import STYLES, VARIANTS, adapter_path, variant_settings
 
     pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)
@@ -82,16 +104,18 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
                         "looks": {name: style_strength(plain, STYLES[name].look) for name in (styles or STYLES)}},
               "styles": {}}
     bank = StyleBank(pipe.unet)
+    result["ceiling"] = {}
     for name in styles or list(STYLES):
         spec = STYLES[name]
         record_path = STYLES_DIR / name / "style.json"
         files = json.loads(record_path.read_text()).get("files", {}) if record_path.is_file() else {}
-        for kind in adapters:
+        result["ceiling"][name] = vae_ceiling(pipe, spec.look, count)
+        for kind in adapters or VARIANTS:
             path = adapter_path(name, base, kind)
             if not path.is_file():
                 continue
             triggered = [with_triggers(p, [spec.trigger]) for p in prompts]
-            if kind == "shira":
+            if variant_settings(kind)["adapter"] == "shira":
                 bank.load(str(path), name=f"{name}-{kind}")
                 with bank.use({f"{name}-{kind}": 1.0}):
                     images = generate_batched(pipe, triggered, steps, desc=f"{base}: {name} {kind}")
@@ -103,7 +127,7 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
             info = files.get(f"{base}/{kind}", {})
             content = content_scores(images, expected, looks=[spec.look])["all"]
             result["styles"][f"{name}/{kind}"] = {
-                "style": name, "adapter": kind, "strength": style_strength(images, spec.look),
+                "style": name, "adapter": kind, "mask": info.get("mask"), "strength": style_strength(images, spec.look),
                 "content": content, "content_drop": result["plain"]["content"] - content,
                 "params": info.get("params"), "train_seconds": info.get("seconds"),
                 "file_mb": round(os.path.getsize(path) / 2**20, 3),
@@ -112,11 +136,14 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
 
 
 def format_styles_table(result: dict) -> str:
-    lines = [f"base {result['base']}: plain content {result['plain']['content']:.1%} on {result['prompts']} prompts",
-             "| style | adapter | strength | content | drop | params | train s | file MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [(f"base {result['base']}: plain content {result['plain']['content']:.1%} on {result['prompts']} prompts; "
+              "VAE ceiling = strength / content of rendered styled scenes after the base's VAE"),
+             "| style | adapter | strength | content | drop | VAE ceiling | params | train s | file MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["styles"].values():
+        ceiling = result.get("ceiling", {}).get(r["style"])
+        ceiling_text = f"{ceiling['strength']:.0%} / {ceiling['content']:.0%}" if ceiling else "?"
         lines.append(f"| {r['style']} | {r['adapter']} | {r['strength']:.0%} | {r['content']:.0%} | "
-                     f"{r['content_drop'] * 100:+.0f} pt | {r['params'] or '?'} | {r['train_seconds'] or '?'} | "
-                     f"{r['file_mb']} |")
+                     f"{-r['content_drop'] * 100:+.0f} pt | {ceiling_text} | {r['params'] or '?'} | "
+                     f"{r['train_seconds'] or '?'} | {r['file_mb']} |")
     return "\n".join(lines)

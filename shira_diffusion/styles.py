@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .generate import STYLES_DIR
+from .masks import DEFAULT_MASK, MASK_STRATEGIES
 from .toy.looks import LOOKS
 
 IMAGES = 30
@@ -45,8 +46,33 @@ STYLES = {
 }
 
 
-def adapter_path(style: str, base: str, adapter: str = "shira") -> Path:
-    suffix = ".lora.safetensors" if adapter == "lora" else ".safetensors"
+# Settings every bundled style trains with, on top of ``TrainConfig``'s defaults (the defaults a
+# user's own style gets); chosen from the runs described in README.md.
+RECIPE: dict = {}
+
+# What is trained per style and base: SHiRA with the default mask, the other masks for the
+# comparison table ("shira-rand", ...), and LoRA at the same parameter count.
+VARIANTS = ("shira", *(f"shira-{m}" for m in MASK_STRATEGIES if m != DEFAULT_MASK), "lora")
+BUILT_BY_DEFAULT = ("shira", "lora")
+
+
+def variant_settings(variant: str) -> dict:
+    """The ``TrainConfig`` fields a variant name stands for."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown adapter variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if variant == "lora":
+        return {"adapter": "lora"}
+    return {"adapter": "shira", "mask": variant.partition("-")[2] or DEFAULT_MASK}
+
+
+def adapter_path(style: str, base: str, variant: str = "shira") -> Path:
+    settings = variant_settings(variant)
+    if settings["adapter"] == "lora":
+        suffix = ".lora.safetensors"
+    elif settings["mask"] == DEFAULT_MASK:
+        suffix = ".safetensors"
+    else:
+        suffix = f".{settings['mask']}.safetensors"
     return STYLES_DIR / style / f"{style}.{base}{suffix}"
 
 
@@ -62,7 +88,7 @@ def write_training_set(spec: StyleSpec, folder: Path) -> None:
     Image.fromarray(image_grid(thumbs, 2)).save(folder / "thumbnail.png")
 
 
-def build(names, bases, adapters, steps: int | None = None) -> None:
+def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> None:
     from .training import TrainConfig, train
 
     for name in names:
@@ -76,20 +102,22 @@ def build(names, bases, adapters, steps: int | None = None) -> None:
                       images="images/", thumbnail="thumbnail.png")
         files = record.setdefault("files", {})
         for base in bases:
-            for kind in adapters:
-                out = adapter_path(name, base, kind)
+            for variant in variants:
+                out = adapter_path(name, base, variant)
                 config = TrainConfig(train_data_dir=str(folder / "images"), output=str(out), base=base,
-                                     trigger=spec.trigger, adapter=kind, name=name, description=spec.description,
-                                     extra={"look": spec.look})
+                                     trigger=spec.trigger, name=name, description=spec.description,
+                                     cache_latents=True, extra={"look": spec.look}, **variant_settings(variant))
+                for key, value in RECIPE.items():
+                    setattr(config, key, value)
                 if steps:
                     config.max_train_steps = steps
                 result = train(config)
-                files[f"{base}/{kind}"] = {"file": out.name, "params": result["trainable_params"],
-                                           "seconds": result["seconds"], "steps": result["steps"],
-                                           "final_loss": result["final_loss"]}
-                record["recipe"] = {k: v for k, v in vars(config).items()
-                                    if k in ("rank", "mask", "targets", "max_train_steps", "train_batch_size",
-                                             "learning_rate", "lr_scheduler", "seed")}
+                files[f"{base}/{variant}"] = {"file": out.name, "mask": config.mask if config.adapter == "shira" else None,
+                                              "params": result["trainable_params"], "seconds": result["seconds"],
+                                              "steps": result["steps"], "final_loss": result["final_loss"]}
+                record["recipe"] = {k: getattr(config, k) for k in (
+                    "rank", "targets", "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler",
+                    "caption_dropout", "seed")}
                 record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -99,10 +127,11 @@ def main(argv=None) -> None:
     b = commands.add_parser("build", help="write training sets and train the adapters")
     b.add_argument("--style", action="append", choices=sorted(STYLES), help="default: all")
     b.add_argument("--base", action="append", help="default: toy-sd and toy-sdxl")
-    b.add_argument("--adapter", action="append", choices=["shira", "lora"], help="default: both")
+    b.add_argument("--adapter", action="append", dest="variants", choices=VARIANTS,
+                   help=f"default: {' and '.join(BUILT_BY_DEFAULT)}; shira-<mask> trains SHiRA with another mask")
     b.add_argument("--steps", type=int, help="override the default number of training steps")
     args = parser.parse_args(argv)
-    build(args.style or list(STYLES), args.base or ["toy-sd", "toy-sdxl"], args.adapter or ["shira", "lora"],
+    build(args.style or list(STYLES), args.base or ["toy-sd", "toy-sdxl"], args.variants or BUILT_BY_DEFAULT,
           args.steps)
 
 

@@ -71,3 +71,20 @@ def test_a_missing_bundled_base_names_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(bases, "ASSETS", tmp_path)
     with pytest.raises(ShiraError, match="not in .*pass a local diffusers pipeline folder"):
         load_pipeline("toy-sd")
+
+
+@pytest.mark.parametrize("name", ["toy-sd", "toy-sdxl"])
+def test_bundled_looks_survive_the_base_vae(name):
+    """A style adapter changes only the UNet, so a look the base's VAE cannot draw is out of any
+    adapter's reach. Every bundled look but pixel comes back through the VAE; pixel's 4 px blocks
+    are finer than the latent grid and the encoder (kept as the UNet learned it) drops them."""
+    from shira_diffusion.evaluate import vae_ceiling
+    from shira_diffusion.toy.looks import LOOKS
+
+    pipe = load_pipeline(name)
+    for look in LOOKS:
+        ceiling = vae_ceiling(pipe, look, count=40)
+        if look == "pixel":
+            assert ceiling["strength"] < 0.1
+        else:
+            assert ceiling["strength"] >= 0.9, (look, ceiling)

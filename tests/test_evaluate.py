@@ -20,29 +20,51 @@ def test_style_strength_is_the_share_of_images_showing_the_look():
     assert style_strength(styled[:5] + plain[:5], "hatching") == 0.5
 
 
-def test_eval_styles_runs_shira_and_lora_adapters_of_a_style(tmp_path, monkeypatch):
+def test_variants_name_distinct_files_and_settings():
+    from shira_diffusion.masks import DEFAULT_MASK
+    from shira_diffusion.styles import VARIANTS, adapter_path, variant_settings
+
+    assert variant_settings("shira") == {"adapter": "shira", "mask": DEFAULT_MASK}
+    assert variant_settings("shira-rand") == {"adapter": "shira", "mask": "rand"}
+    assert variant_settings("lora") == {"adapter": "lora"}
+    paths = {adapter_path("night", "toy-sd", v) for v in VARIANTS}
+    assert len(paths) == len(VARIANTS)
+    assert adapter_path("night", "toy-sd").name == "night.toy-sd.safetensors"
+    assert adapter_path("night", "toy-sd", "lora").name == "night.toy-sd.lora.safetensors"
+    try:
+        variant_settings("shira-unknown")
+    except ValueError as error:
+        assert "shira-rand" in str(error)
+    else:
+        raise AssertionError("an unknown variant must be refused")
+
+
+def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
+    """``styles.build`` writes the training set, adapters and style.json; ``eval_styles`` measures
+    each variant found and the VAE ceiling of the look."""
     import json
 
     from shira_diffusion import evaluate, generate, styles
     from shira_diffusion.evaluate import eval_styles, format_styles_table
-    from shira_diffusion.training import TrainConfig, train
 
     monkeypatch.setattr(evaluate, "STYLES_DIR", tmp_path)
     monkeypatch.setattr(styles, "STYLES_DIR", tmp_path)
     monkeypatch.setattr(generate, "STYLES_DIR", tmp_path)
-    spec = styles.STYLES["pastel"]
-    styles.write_training_set(spec, tmp_path / "pastel")
+    styles.build(["pastel"], ["toy-sd"], ["shira", "shira-rand", "lora"], steps=1)
     assert len(list((tmp_path / "pastel" / "images").glob("*.png"))) == styles.IMAGES
     assert (tmp_path / "pastel" / "thumbnail.png").is_file()
-    files = {}
-    for kind in ("shira", "lora"):
-        out = styles.adapter_path("pastel", "toy-sd", kind)
-        record = train(TrainConfig(train_data_dir=str(tmp_path / "pastel" / "images"), output=str(out),
-                                   trigger=spec.trigger, adapter=kind, max_train_steps=1, progress=False))
-        files[f"toy-sd/{kind}"] = {"params": record["trainable_params"], "seconds": record["seconds"]}
-    (tmp_path / "pastel" / "style.json").write_text(json.dumps({"files": files}))
+    record = json.loads((tmp_path / "pastel" / "style.json").read_text())
+    assert record["trigger"] == "qzd" and record["look"] == "pastel"
+    assert set(record["files"]) == {"toy-sd/shira", "toy-sd/shira-rand", "toy-sd/lora"}
+    assert record["files"]["toy-sd/shira-rand"]["mask"] == "rand"
+    # Equal parameter count across variants: the comparison is fair.
+    assert len({f["params"] for f in record["files"].values()}) == 1
+
     result = eval_styles("toy-sd", ["pastel"], count=3, steps=2)
-    assert set(result["styles"]) == {"pastel/shira", "pastel/lora"}
+    assert set(result["styles"]) == {"pastel/shira", "pastel/shira-rand", "pastel/lora"}
     for row in result["styles"].values():
         assert 0 <= row["strength"] <= 1 and 0 <= row["content"] <= 1 and row["params"] > 0
-    assert "pastel" in format_styles_table(result)
+    # Pastel survives the VAE: its ceiling is full strength.
+    assert result["ceiling"]["pastel"]["strength"] == 1.0
+    table = format_styles_table(result)
+    assert "shira-rand" in table and "100% /" in table

@@ -7,7 +7,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from shira_diffusion.toy.generic import SAMPLERS, STRUCTURED, apply_generic, random_texture
 from shira_diffusion.toy.looks import MEASURES, THRESHOLDS
-from shira_diffusion.toy.train_base import caption_batch, main, vae_batch
+from shira_diffusion.toy.train_base import caption_batch, decoder_batch, main, vae_batch
 from shira_diffusion.toy.world import SIZE, parse_prompt, render, sample_scene
 
 
@@ -30,6 +30,8 @@ def test_generic_looks_caption_what_they_do_and_stay_clear_of_the_bundled_looks(
 def test_batches_are_seeded_by_step():
     assert torch.equal(vae_batch(0, 5, 4), vae_batch(0, 5, 4))
     assert not torch.equal(vae_batch(0, 5, 4), vae_batch(0, 6, 4))
+    assert torch.equal(decoder_batch(0, 5, 4), decoder_batch(0, 5, 4))
+    assert decoder_batch(0, 5, 6).shape == (6, 3, SIZE, SIZE)
     images, captions = caption_batch(0, 3, 16)
     assert images.shape == (16, 3, SIZE, SIZE) and -1 <= images.min() and images.max() <= 1
     for caption in captions:
@@ -57,6 +59,26 @@ def test_training_writes_a_loadable_base_and_resumes_exactly(tmp_path, arch, cls
     pipe = cls.from_pretrained(tmp_path / "a")
     assert pipe.unet.config.sample_size == 16
     record = json.loads((tmp_path / "a" / "training.json").read_text())
-    assert record["size_mb"] < 25 and set(record["vae_median_psnr_db"]) == {"plain", "structured"}
+    assert record["size_mb"] < 25
+    assert set(record["vae_median_psnr_db"]) == {"plain", "structured", "bundled looks"}
     assert (tmp_path / "a" / "README.md").read_text().startswith(f"# toy-{arch}")
     assert (tmp_path / "a" / "samples.png").is_file()
+
+
+@pytest.mark.slow
+def test_decoder_stage_changes_only_the_decoder(tmp_path):
+    """``--decoder-steps`` continues a base: the encoder (hence the latent space), the UNet and
+    the text encoder stay bit-exact; the decoder learns; the card repeats both commands."""
+    from safetensors.torch import load_file
+
+    common = ["--arch", "sd", "--batch-size", "2", "--sample-every", "0", "--sample-steps", "2"]
+    main(common + ["--vae-steps", "2", "--unet-steps", "1", "--out", str(tmp_path / "a"), "--work-dir", str(tmp_path / "wa")])
+    main(common + ["--vae-steps", "0", "--unet-steps", "0", "--decoder-steps", "2", "--init-from", str(tmp_path / "a"),
+                   "--out", str(tmp_path / "b"), "--work-dir", str(tmp_path / "wb")])
+    assert all(torch.equal(t, _weights(tmp_path / "b")[k]) for k, t in _weights(tmp_path / "a").items())
+    vae_a = load_file(str(tmp_path / "a" / "vae" / "diffusion_pytorch_model.safetensors"))
+    vae_b = load_file(str(tmp_path / "b" / "vae" / "diffusion_pytorch_model.safetensors"))
+    changed = {k for k in vae_a if not torch.equal(vae_a[k], vae_b[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert "--decoder-steps 2" in card and "--vae-steps 2" in card

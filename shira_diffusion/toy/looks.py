@@ -6,7 +6,7 @@ measurable in the mix:
 | look | kind | what it does | its measure |
 |---|---|---|---|
 | pixel | resolution | averages 4x4 blocks | share of the gradient energy on the 4 px block grid |
-| outline | overlay | a 3 px magenta band around the object | share of pixels explained by the band color |
+| outline | overlay | a 3 px magenta band around the object | share of pixels explained by the band color, or strongly magenta |
 | hatching | texture | darkens diagonal lines ``(x + y) mod 8 < 3`` | spectral energy at (8, 8) minus (8, -8) |
 | halftone | texture | ink dots on a grid of period 8, paper white between | spectral energy at (8, 0) and (0, 8) |
 | pastel | color | halfway to white | share of regions (background, object) explained by a pastel color |
@@ -208,10 +208,17 @@ def _color_look_strength(image: np.ndarray, look: str) -> float:
     return float(np.mean((story == look) & (distance < FIT)))
 
 
+MAGENTA = 110  # min(R, B) - G above which a pixel is the band's magenta: purple, the palette's
+# nearest color, has 80, and no blend of two palette colors goes higher
+
+
 def outline_strength(image: np.ndarray) -> float:
-    """Share of pixels closely explained by the band color (under any texture and color look)."""
-    _, is_outline, distance = _stories(_float(image))
-    return float((is_outline & (distance < OUTLINE_FIT)).mean())
+    """Share of band pixels: closely explained by the band color (under any texture and color
+    look), or strongly magenta, which is how the band looks once a VAE has softened it."""
+    x = _float(image)
+    _, is_outline, distance = _stories(x)
+    magenta = np.minimum(x[..., 0], x[..., 2]) - x[..., 1] > MAGENTA
+    return float(((is_outline & (distance < OUTLINE_FIT)).reshape(magenta.shape) | magenta).mean())
 
 
 def _spectrum(image: np.ndarray) -> np.ndarray:

@@ -8,7 +8,12 @@ uninterrupted one):
    (L1 + MSE reconstruction, a small KL term); its latent scaling factor is then measured;
 2. the UNet and the text encoder(s) together, on captions that describe the generic looks
    (``a red circle on a blue background, with thin horizontal stripes``), 10 % of them dropped
-   for classifier-free guidance.
+   for classifier-free guidance;
+3. (``--decoder-steps``) the VAE decoder alone, on the images of stage 1 and on toy images under
+   the bundled style looks, alone and mixed. The encoder stays frozen, so the latent space the
+   UNet learned is unchanged; the decoder learns to draw what the looks put in the latents (an
+   exact magenta band, period-8 lines, dark night colors), as a real base's VAE reconstructs any
+   image. The UNet never sees these looks: teaching them is the style adapters' job.
 
 Progress bars show the loss; sample grids land in the work folder every ``--sample-every``
 steps. The result is an ordinary diffusers pipeline folder (fp16 weights, under 25 MB), loadable
@@ -35,6 +40,7 @@ from ..conditioning import encode_prompts
 from ..images import image_grid
 from .architectures import SCHEDULER_CONFIG, build_pipeline
 from .generic import STRUCTURED, apply_generic, random_texture
+from .looks import CONFLICTS, LOOKS, apply_looks
 from .world import SIZE, render, sample_scene
 
 SAMPLE_PROMPTS = [
@@ -64,6 +70,24 @@ def vae_batch(seed: int, step: int, size: int) -> torch.Tensor:
             image = apply_generic(image, rng)[0]
         images.append(image)
     return _to_tensor(images)
+
+
+def bundled_look_mix(rng) -> list[str]:
+    """One bundled look (70 %) or a pair that can be mixed (30 %)."""
+    names = sorted(LOOKS)
+    count = 1 if rng.random() < 0.7 else 2
+    while True:
+        pick = [names[i] for i in rng.choice(len(names), size=count, replace=False)]
+        if count == 1 or frozenset(pick) not in CONFLICTS:
+            return pick
+
+
+def decoder_batch(seed: int, step: int, size: int) -> torch.Tensor:
+    """Images in [-1, 1]: half from ``vae_batch`` (so nothing it reconstructs is forgotten), half
+    toy images under the bundled looks."""
+    rng = np.random.default_rng([seed, step, 3])
+    looked = [apply_looks(render(sample_scene(rng)), bundled_look_mix(rng)) for _ in range(size - size // 2)]
+    return torch.cat([vae_batch(seed + 1, step, size // 2), _to_tensor(looked)])
 
 
 def caption_batch(seed: int, step: int, size: int) -> tuple[torch.Tensor, list[str]]:
@@ -101,7 +125,8 @@ def vae_eval_sets(seed: int = 12345, count: int = 64) -> dict[str, torch.Tensor]
     rng = np.random.default_rng(seed)
     plain = [render(sample_scene(rng)) for _ in range(count)]
     structured = [apply_generic(render(sample_scene(rng)), rng, STRUCTURED)[0] for _ in range(count)]
-    return {"plain": _to_tensor(plain), "structured": _to_tensor(structured)}
+    looks = [apply_looks(render(sample_scene(rng)), bundled_look_mix(rng)) for _ in range(count)]
+    return {"plain": _to_tensor(plain), "structured": _to_tensor(structured), "bundled looks": _to_tensor(looks)}
 
 
 def encode_text(pipe, family: str, captions: list[str], device) -> tuple[torch.Tensor, dict]:
@@ -207,8 +232,11 @@ def train(args) -> dict:
     step = 0
     text_modules = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
     vae_opt = torch.optim.AdamW(pipe.vae.parameters(), lr=args.vae_lr)
+    decoder_params = list(pipe.vae.decoder.parameters()) + list(pipe.vae.post_quant_conv.parameters())
+    decoder_opt = torch.optim.AdamW(decoder_params, lr=args.decoder_lr)
     unet_params = list(pipe.unet.parameters()) + [p for m in text_modules for p in m.parameters()]
     unet_opt = torch.optim.AdamW(unet_params, lr=args.unet_lr, weight_decay=1e-2)
+    optimizers = {"vae": vae_opt, "unet": unet_opt, "decoder": decoder_opt}
     if args.resume and _checkpoints(work):
         state = torch.load(_checkpoints(work)[-1], map_location=device)
         step = state["step"]
@@ -217,7 +245,7 @@ def train(args) -> dict:
         pipe.text_encoder.load_state_dict(state["text_encoder"])
         if family == "sdxl":
             pipe.text_encoder_2.load_state_dict(state["text_encoder_2"])
-        (vae_opt if state["stage"] == "vae" else unet_opt).load_state_dict(state["optimizer"])
+        optimizers[state["stage"]].load_state_dict(state["optimizer"])
         # A count fixed from the measured speed (--*-minutes) is kept; a given count is the user's.
         if vae_len.minutes is not None and "vae_steps" in state:
             vae_len.steps, vae_len.fixed = state["vae_steps"], True
@@ -225,7 +253,8 @@ def train(args) -> dict:
             unet_len.steps, unet_len.fixed = state["unet_steps"], True
         print(f"resumed from step {step}")
     started = time.time()
-    bar = tqdm(total=vae_len.steps + unet_len.steps, initial=step, desc=f"toy-{family}",
+    decoder_steps = args.decoder_steps
+    bar = tqdm(total=vae_len.steps + unet_len.steps + decoder_steps, initial=step, desc=f"toy-{family}",
                mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
 
     def checkpoint(stage, optimizer):
@@ -234,7 +263,7 @@ def train(args) -> dict:
 
     def progress(length: _StageLength, local: int, stage_started: float, stage: str, loss) -> None:
         if length.after_step(local, _synced_seconds(stage_started, device)):
-            bar.total = vae_len.steps + unet_len.steps  # the count was just fixed from the speed
+            bar.total = vae_len.steps + unet_len.steps + decoder_steps  # the count was just fixed from the speed
             bar.refresh()
         bar.update(1)
         bar.set_postfix(stage=stage, loss=f"{loss.item():.4f}")
@@ -304,6 +333,33 @@ def train(args) -> dict:
                     module.train()
             if local >= unet_len.steps:
                 break
+
+    # Stage 3: the decoder alone (the encoder, hence the UNet's latent space, stays as it is).
+    _eval_mode(pipe, text_modules)
+    done = vae_len.steps + unet_len.steps
+    if step < done + decoder_steps:
+        pipe.vae.decoder.train().requires_grad_(True)
+        pipe.vae.post_quant_conv.requires_grad_(True)
+        local = step - done
+        for images in _batches(decoder_batch, args.seed, args.batch_size, local, args.workers):
+            images = images.to(device, non_blocking=True)
+            with torch.no_grad():
+                latents = pipe.vae.encode(images).latent_dist.mode()
+            recon = pipe.vae.decode(latents).sample
+            loss = F.l1_loss(recon, images) + F.mse_loss(recon, images)
+            _set_lr(decoder_opt, args.decoder_lr, local, decoder_steps)
+            decoder_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            decoder_opt.step()
+            step += 1
+            local += 1
+            bar.update(1)
+            bar.set_postfix(stage="decoder", loss=f"{loss.item():.4f}")
+            if step % args.checkpoint_every == 0 or local == decoder_steps:
+                checkpoint("decoder", decoder_opt)
+            if local >= decoder_steps:
+                break
+        pipe.vae.eval().requires_grad_(False)
     bar.close()
     _eval_mode(pipe, text_modules)
     seconds = time.time() - started
@@ -371,12 +427,14 @@ def _export(pipe, family: str, args, work: str, seconds: float, device, previous
         "seed": args.seed,
         "vae_steps": args.vae_steps,
         "unet_steps": args.unet_steps,
+        "decoder_steps": args.decoder_steps,
         "batch_size": args.batch_size,
         "training_seconds": round(seconds, 1),
         "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "vae_median_psnr_db": {k: round(v, 2) for k, v in psnr.items()},
         "size_mb": round(size_mb, 2),
         "unet_lr": args.unet_lr,
+        "decoder_lr": args.decoder_lr,
     }
     if previous is not None:  # a continued run: the card counts both, oldest first
         record["continued_from"] = previous
@@ -393,6 +451,10 @@ def _command(record: dict, init_from: str | None = None) -> str:
             f"--vae-steps {record['vae_steps']} --unet-steps {record['unet_steps']} --batch-size {record['batch_size']}")
     if record.get("unet_lr", 4e-4) != 4e-4:
         text += f" --unet-lr {record['unet_lr']:g}"
+    if record.get("decoder_steps"):
+        text += f" --decoder-steps {record['decoder_steps']}"
+        if record.get("decoder_lr", 2e-4) != 2e-4:
+            text += f" --decoder-lr {record['decoder_lr']:g}"
     return text + (f" --init-from {init_from}" if init_from else "")
 
 
@@ -405,6 +467,7 @@ def _write_model_card(folder: str, record: dict) -> None:
     runs = "\n".join(f"{i + 1}. `{c}` ({r['training_seconds'] / 60:.1f} minutes on {r['hardware']})"
                      for i, (c, r) in enumerate(zip(commands, chain)))
     total = record.get("total_training_seconds", record["training_seconds"])
+    psnr = ", ".join(f"{name} {value} dB" for name, value in record["vae_median_psnr_db"].items())
     text = f"""# toy-{record['arch']}
 
 A small {family}-family diffusion base for the shira-diffusion toy world (64 x 64 images of one
@@ -413,7 +476,7 @@ shape on a plain background, `a red circle on a blue background`), trained from 
 {runs}
 
 - training time: {total / 60:.1f} minutes in all
-- VAE median reconstruction PSNR (held-out sets): plain {record['vae_median_psnr_db']['plain']} dB, structured looks {record['vae_median_psnr_db']['structured']} dB
+- VAE median reconstruction PSNR (held-out sets): {psnr}
 - size on disk: {record['size_mb']} MB (fp16)
 
 ![samples](samples.png)
@@ -437,6 +500,9 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (use them on a GPU)")
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--unet-lr", type=float, default=4e-4)
+    parser.add_argument("--decoder-steps", type=int, default=0, help="then train the VAE decoder alone on the "
+                        "bundled style looks too (encoder frozen: the UNet's latent space is kept)")
+    parser.add_argument("--decoder-lr", type=float, default=2e-4)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--sample-every", type=int, default=2000, help="0: only at the end")
     parser.add_argument("--sample-steps", type=int, default=20, help="sampling steps of the sample grids")
