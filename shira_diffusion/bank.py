@@ -137,7 +137,7 @@ class _MaskGroup:
             for entry, weight in members[1:]:
                 out.add_(entry.values, alpha=weight)
             return out
-        acc = base.float()
+        acc = base.to(torch.float32, copy=True)  # never .float(): on fp32 weights it would alias ``base``
         for entry, weight in members:
             acc.add_(entry.values.float(), alpha=weight)
         return acc.to(self.dtype)

@@ -46,10 +46,6 @@ STYLES = {
 }
 
 
-# Settings every bundled style trains with, on top of ``TrainConfig``'s defaults (the defaults a
-# user's own style gets); chosen from the runs described in README.md.
-RECIPE: dict = {}
-
 # What is trained per style and base: SHiRA with the default mask, the other masks for the
 # comparison table ("shira-rand", ...), and LoRA at the same parameter count.
 VARIANTS = ("shira", *(f"shira-{m}" for m in MASK_STRATEGIES if m != DEFAULT_MASK), "lora")
@@ -107,8 +103,6 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
                 config = TrainConfig(train_data_dir=str(folder / "images"), output=str(out), base=base,
                                      trigger=spec.trigger, name=name, description=spec.description,
                                      cache_latents=True, extra={"look": spec.look}, **variant_settings(variant))
-                for key, value in RECIPE.items():
-                    setattr(config, key, value)
                 if steps:
                     config.max_train_steps = steps
                 result = train(config)

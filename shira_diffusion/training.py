@@ -50,7 +50,7 @@ class TrainConfig:
     resolution: int | None = None  # default: the base's native size
     train_batch_size: int = 4
     max_train_steps: int = 1000
-    learning_rate: float | None = None  # default 3e-3
+    learning_rate: float = 3e-3  # SHiRA values are weight entries; LoRA uses the same
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     gradient_accumulation_steps: int = 1
@@ -194,7 +194,7 @@ def train(config: TrainConfig) -> dict:
         for p in params:
             p.data = p.data.float()
     num_params = sum(p.numel() for p in params)
-    lr = config.learning_rate or 3e-3
+    lr = config.learning_rate
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.max_train_steps)
@@ -406,7 +406,7 @@ def add_arguments(parser) -> None:
     a("--resolution", type=int, help="training image size (default: the base's native size)")
     a("--train_batch_size", type=int, default=4)
     a("--max_train_steps", type=int, default=1000)
-    a("--learning_rate", type=float, help="default 3e-3 (SHiRA values are weight entries; LoRA uses the same)")
+    a("--learning_rate", type=float, default=3e-3)
     a("--lr_scheduler", default="constant", help="a diffusers scheduler name: constant, linear, cosine, ...")
     a("--lr_warmup_steps", type=int, default=0)
     a("--gradient_accumulation_steps", type=int, default=1)

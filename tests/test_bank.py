@@ -45,11 +45,16 @@ def test_mix_equals_dense_reference(config):
             torch.testing.assert_close(params[tensor].detach(), value, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_bit_exact_restore_after_1000_random_switches(dtype):
+@pytest.mark.parametrize(
+    "dtype, values_dtype",
+    # (fp32, fp16) is the everyday case: a CPU pipeline in fp32, adapters saved in fp16.
+    [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
+     (torch.float32, torch.float16), (torch.float16, torch.float32)],
+)
+def test_bit_exact_restore_after_1000_random_switches(dtype, values_dtype):
     unet = make_unet(TINY_SD, dtype=dtype)
     snapshot = _snapshot(unet)
-    bank, adapters = _bank_with_styles(unet, dtype)
+    bank, adapters = _bank_with_styles(unet, values_dtype)
     names = list(adapters)
     rng = random.Random(0)
     for step in range(1000):
