@@ -84,6 +84,13 @@ def write_training_set(spec: StyleSpec, folder: Path) -> None:
     Image.fromarray(image_grid(thumbs, 2)).save(folder / "thumbnail.png")
 
 
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> None:
     from .training import TrainConfig, train
 
@@ -99,14 +106,16 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
         files = record.setdefault("files", {})
         for base in bases:
             for variant in variants:
-                out = adapter_path(name, base, variant)
-                config = TrainConfig(train_data_dir=str(folder / "images"), output=str(out), base=base,
+                # Relative paths when run from the repository, as the run records and the
+                # adapters' recipes keep them: no machine's absolute path lands in the files.
+                out = _relative(adapter_path(name, base, variant))
+                config = TrainConfig(train_data_dir=_relative(folder / "images"), output=out, base=base,
                                      trigger=spec.trigger, name=name, description=spec.description,
                                      cache_latents=True, extra={"look": spec.look}, **variant_settings(variant))
                 if steps:
                     config.max_train_steps = steps
                 result = train(config)
-                files[f"{base}/{variant}"] = {"file": out.name, "mask": config.mask if config.adapter == "shira" else None,
+                files[f"{base}/{variant}"] = {"file": Path(out).name, "mask": config.mask if config.adapter == "shira" else None,
                                               "params": result["trainable_params"], "seconds": result["seconds"],
                                               "steps": result["steps"], "final_loss": result["final_loss"]}
                 record["recipe"] = {k: getattr(config, k) for k in (
