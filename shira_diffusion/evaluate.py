@@ -110,11 +110,11 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
         record_path = STYLES_DIR / name / "style.json"
         files = json.loads(record_path.read_text()).get("files", {}) if record_path.is_file() else {}
         result["ceiling"][name] = vae_ceiling(pipe, spec.look, count)
+        triggered = [with_triggers(p, [spec.trigger]) for p in prompts]
         for kind in adapters or VARIANTS:
             path = adapter_path(name, base, kind)
             if not path.is_file():
                 continue
-            triggered = [with_triggers(p, [spec.trigger]) for p in prompts]
             if variant_settings(kind)["adapter"] == "shira":
                 bank.load(str(path), name=f"{name}-{kind}")
                 with bank.use({f"{name}-{kind}": 1.0}):

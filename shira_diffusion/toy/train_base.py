@@ -335,7 +335,6 @@ def train(args) -> dict:
                 break
 
     # Stage 3: the decoder alone (the encoder, hence the UNet's latent space, stays as it is).
-    _eval_mode(pipe, text_modules)
     done = vae_len.steps + unet_len.steps
     if step < done + decoder_steps:
         pipe.vae.decoder.train().requires_grad_(True)
