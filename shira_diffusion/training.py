@@ -62,6 +62,8 @@ class TrainConfig:
     validation_steps: int = 100
     num_validation_images: int = 4
     caption_dropout: float = 0.1  # share of captions replaced by "" (kohya's caption_dropout_rate)
+    snr_gamma: float | None = None  # Min-SNR loss weighting (Hang et al. 2023), as diffusers' --snr_gamma
+    noise_offset: float = 0.0  # per-channel offset added to the noise, as diffusers' --noise_offset
     cache_latents: bool = False
     random_flip: bool = False
     seed: int = 0
@@ -103,6 +105,7 @@ def train(config: TrainConfig) -> dict:
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import compute_snr
 
     _check(config)
     # cpu=True where there is no GPU, so processes started by `accelerate launch --multi_gpu` (or
@@ -126,6 +129,7 @@ def train(config: TrainConfig) -> dict:
     # Frozen conditioning, computed once: every caption's embeddings, and (optionally) the latents.
     with torch.no_grad():
         text = {c: encode_prompts(pipe, family, [c], device, size) for c in sorted(set(data.captions) | {""})}
+        text[None] = _dropped_caption(pipe, family, text[""])
         cached = None
         if config.cache_latents:
             cached = [pipe.vae.encode(data.image(i)[None].to(device)).latent_dist.mode() * scaling
@@ -145,7 +149,7 @@ def train(config: TrainConfig) -> dict:
         # Some captions are dropped so that the unconditional prediction learns the style too:
         # otherwise classifier-free guidance, which extrapolates away from it, cancels the style.
         dropped = rng.random(len(picks) * world)[rank::world] < config.caption_dropout
-        captions = ["" if d else data.captions[i] for i, d in zip(picks, dropped)]
+        captions = [None if d else data.captions[i] for i, d in zip(picks, dropped)]
         embeds = torch.cat([text[c][0] for c in captions])
         extra = {}
         if family == "sdxl":
@@ -157,6 +161,11 @@ def train(config: TrainConfig) -> dict:
         latents, embeds, extra = batch(step, micro)
         generator = torch.Generator(device=device).manual_seed(hash_seed(config.seed, step, micro, rank))
         noise = torch.randn(latents.shape, generator=generator, device=device)
+        if config.noise_offset:
+            # Lets the model move an image's mean brightness and color (dark night, washed pastel),
+            # which zero-mean noise at the last timestep never asks of it.
+            noise = noise + config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator,
+                                                              device=device)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
                                   generator=generator, device=device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -166,7 +175,15 @@ def train(config: TrainConfig) -> dict:
             target = noise
         with accelerator.autocast():
             pred = model(noisy, timesteps, embeds, **extra).sample
-        return F.mse_loss(pred.float(), target.float())
+        if config.snr_gamma is None:
+            return F.mse_loss(pred.float(), target.float())
+        # Min-SNR-gamma: low-noise steps (fine detail) stop dominating the loss, so the
+        # high-noise steps that set colors and layout get their share.
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.clamp(snr, max=config.snr_gamma)
+        weights = weights / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else weights / snr
+        per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_image * weights).mean()
 
     # The trainable part.
     rank_or_none = config.resolved_rank()
@@ -261,6 +278,19 @@ def train(config: TrainConfig) -> dict:
         model.detach()
     accelerator.end_training()
     return record
+
+
+def _dropped_caption(pipe, family: str, empty: tuple[torch.Tensor, dict]) -> tuple[torch.Tensor, dict]:
+    """The conditioning a dropped caption trains: what the pipeline's classifier-free guidance
+    will use as its unconditional input. SDXL pipelines with ``force_zeros_for_empty_prompt``
+    (SDXL 1.0's default) use zeros, not the encoded empty prompt; training the encoded one would
+    teach the style to an input that generation never gives."""
+    if family != "sdxl" or not getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        return empty
+    embeds, extra = empty
+    added = extra["added_cond_kwargs"]
+    return torch.zeros_like(embeds), {"added_cond_kwargs": {"text_embeds": torch.zeros_like(added["text_embeds"]),
+                                                            "time_ids": added["time_ids"]}}
 
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -419,6 +449,9 @@ def add_arguments(parser) -> None:
     a("--num_validation_images", type=int, default=4)
     a("--caption_dropout", type=float, default=0.1, help="share of captions replaced by the empty prompt, so "
       "the style survives classifier-free guidance (default 0.1)")
+    a("--snr_gamma", type=float, help="Min-SNR loss weighting with this gamma (5.0 is the paper's choice)")
+    a("--noise_offset", type=float, default=0.0, help="noise offset (e.g. 0.05-0.1): lets a style change overall "
+      "brightness and color")
     a("--cache_latents", action="store_true", help="encode every image once (the VAE is frozen)")
     a("--random_flip", action="store_true")
     a("--seed", type=int, default=0)

@@ -170,3 +170,27 @@ def test_imagefolder_metadata_jsonl_is_read(data, tmp_path):
     (folder / "metadata.jsonl").write_text('{"text": "no file"}\n')
     with pytest.raises(ShiraError, match="metadata.jsonl:1"):
         StyleImages(str(folder), 64)
+
+
+def test_min_snr_weighting_and_noise_offset_train_and_are_recorded(bases, data, tmp_path):
+    plain = train(_config(bases["sd"], data, tmp_path / "plain.safetensors", save_dtype="fp32"))
+    tuned = train(_config(bases["sd"], data, tmp_path / "tuned.safetensors", save_dtype="fp32", snr_gamma=5.0,
+                          noise_offset=0.1))
+    assert tuned["sha256"] != plain["sha256"]
+    recipe = json.loads((tmp_path / "tuned.json").read_text())["recipe"]
+    assert recipe["snr_gamma"] == 5.0 and recipe["noise_offset"] == 0.1
+
+
+def test_dropped_captions_train_what_guidance_feeds_the_unet():
+    from types import SimpleNamespace
+
+    from shira_diffusion.training import _dropped_caption
+
+    empty = (torch.ones(1, 3, 4), {"added_cond_kwargs": {"text_embeds": torch.ones(1, 2), "time_ids": torch.ones(1, 6)}})
+    zeros_pipe = SimpleNamespace(config=SimpleNamespace(force_zeros_for_empty_prompt=True))
+    embeds, extra = _dropped_caption(zeros_pipe, "sdxl", empty)
+    assert not embeds.any() and not extra["added_cond_kwargs"]["text_embeds"].any()
+    assert extra["added_cond_kwargs"]["time_ids"].eq(1).all()
+    encoded_pipe = SimpleNamespace(config=SimpleNamespace(force_zeros_for_empty_prompt=False))
+    assert _dropped_caption(encoded_pipe, "sdxl", empty) is empty
+    assert _dropped_caption(zeros_pipe, "sd", empty) is empty

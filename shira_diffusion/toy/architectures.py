@@ -127,6 +127,8 @@ def build_pipeline(family: str, seed: int = 0, dtype: torch.dtype = torch.float3
             tokenizer_2=build_tokenizer(MAX_TOKENS),
             unet=unet,
             scheduler=scheduler,
-            force_zeros_for_empty_prompt=True,
+            # The toy bases learn the unconditional prediction from the encoded empty prompt (as
+            # diffusers' SDXL training script drops captions), so guidance must use that too.
+            force_zeros_for_empty_prompt=False,
         )
     return pipe.to(dtype=dtype)
