@@ -120,7 +120,7 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
                                               "steps": result["steps"], "final_loss": result["final_loss"]}
                 record["recipe"] = {k: getattr(config, k) for k in (
                     "rank", "targets", "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler",
-                    "caption_dropout", "seed")}
+                    "caption_dropout", "snr_gamma", "noise_offset", "seed")}
                 record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 

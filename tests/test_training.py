@@ -173,7 +173,8 @@ def test_imagefolder_metadata_jsonl_is_read(data, tmp_path):
 
 
 def test_min_snr_weighting_and_noise_offset_train_and_are_recorded(bases, data, tmp_path):
-    plain = train(_config(bases["sd"], data, tmp_path / "plain.safetensors", save_dtype="fp32"))
+    plain = train(_config(bases["sd"], data, tmp_path / "plain.safetensors", save_dtype="fp32", snr_gamma=0,
+                          noise_offset=0.0))
     tuned = train(_config(bases["sd"], data, tmp_path / "tuned.safetensors", save_dtype="fp32", snr_gamma=5.0,
                           noise_offset=0.1))
     assert tuned["sha256"] != plain["sha256"]
