@@ -87,10 +87,11 @@ def vae_ceiling(pipe, look: str, count: int = 100, seed: int = 7, batch_size: in
 
 
 def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequence[str] | None = None,
-                count: int = 100, steps: int = 20) -> dict:
+                count: int = 100, steps: int = 20, sheet: str | None = None) -> dict:
     """For each bundled style and adapter variant (``styles.VARIANTS``; default: every one whose
     file exists) on ``base``: strength, content accuracy and its drop from the base's own, the
-    VAE's ceiling for the look, training time, parameters, file size."""
+    VAE's ceiling for the look, training time, parameters, file size. ``sheet``: a PNG path for
+    the first images of every row (plain, then each style and variant), labelled."""
     from .bases import load_pipeline
     from .styles import STYLES, VARIANTS, adapter_path, variant_settings
 
@@ -103,6 +104,7 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
               "plain": {"content": content_scores(plain, expected)["all"],
                         "looks": {name: style_strength(plain, STYLES[name].look) for name in (styles or STYLES)}},
               "styles": {}}
+    rows = {"plain": plain[:SHEET_COLUMNS]}
     bank = StyleBank(pipe.unet)
     result["ceiling"] = {}
     for name in styles or list(STYLES):
@@ -124,6 +126,7 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
                 pipe.load_lora_weights(str(path), adapter_name=f"{name}_{kind}")
                 images = generate_batched(pipe, triggered, steps, desc=f"{base}: {name} {kind}")
                 pipe.delete_adapters(f"{name}_{kind}")
+            rows[f"{name} {kind}"] = images[:SHEET_COLUMNS]
             info = files.get(f"{base}/{kind}", {})
             content = content_scores(images, expected, looks=[spec.look])["all"]
             result["styles"][f"{name}/{kind}"] = {
@@ -132,7 +135,35 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
                 "params": info.get("params"), "train_seconds": info.get("seconds"),
                 "file_mb": round(os.path.getsize(path) / 2**20, 3),
             }
+    if sheet:
+        save_sheet(rows, sheet, title=f"{base}: held-out prompts, image i with seed i")
     return result
+
+
+SHEET_COLUMNS = 8
+
+
+def save_sheet(rows: dict[str, Sequence[np.ndarray]], path: str, title: str = "", scale: int = 2) -> None:
+    """One labelled row of images per entry of ``rows`` (nearest-neighbour upscaled ``scale`` x)."""
+    from PIL import Image, ImageDraw
+
+    from .images import image_grid
+
+    label_width, line = 150, 14
+    strips = [np.repeat(np.repeat(image_grid(list(images), SHEET_COLUMNS), scale, 0), scale, 1)
+              for images in rows.values()]
+    width = label_width + max(s.shape[1] for s in strips)
+    height = line + sum(s.shape[0] for s in strips)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 1), title, fill="black")
+    y = line
+    for label, strip in zip(rows, strips):
+        canvas.paste(Image.fromarray(strip), (label_width, y))
+        draw.text((4, y + strip.shape[0] // 2 - 6), label, fill="black")
+        y += strip.shape[0]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    canvas.save(path)
 
 
 def format_styles_table(result: dict) -> str:

@@ -60,7 +60,11 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     # Equal parameter count across variants: the comparison is fair.
     assert len({f["params"] for f in record["files"].values()}) == 1
 
-    result = eval_styles("toy-sd", ["pastel"], count=3, steps=2)
+    result = eval_styles("toy-sd", ["pastel"], count=3, steps=2, sheet=str(tmp_path / "sheet.png"))
+    from PIL import Image
+
+    sheet = Image.open(tmp_path / "sheet.png")  # one labelled row each: plain + three variants, 3 images
+    assert sheet.height == 14 + 4 * 64 * 2 and sheet.width == 150 + 3 * 64 * 2
     assert set(result["styles"]) == {"pastel/shira", "pastel/shira-rand", "pastel/lora"}
     for row in result["styles"].values():
         assert 0 <= row["strength"] <= 1 and 0 <= row["content"] <= 1 and row["params"] > 0

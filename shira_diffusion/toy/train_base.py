@@ -467,6 +467,8 @@ def _write_model_card(folder: str, record: dict) -> None:
                      for i, (c, r) in enumerate(zip(commands, chain)))
     total = record.get("total_training_seconds", record["training_seconds"])
     psnr = ", ".join(f"{name} {value} dB" for name, value in record["vae_median_psnr_db"].items())
+    guidance = ("\n- classifier-free guidance uses the encoded empty prompt (`force_zeros_for_empty_prompt: false`),"
+                " the unconditional input the UNet was trained on" if record["arch"] == "sdxl" else "")
     text = f"""# toy-{record['arch']}
 
 A small {family}-family diffusion base for the shira-diffusion toy world (64 x 64 images of one
@@ -476,7 +478,7 @@ shape on a plain background, `a red circle on a blue background`), trained from 
 
 - training time: {total / 60:.1f} minutes in all
 - VAE median reconstruction PSNR (held-out sets): {psnr}
-- size on disk: {record['size_mb']} MB (fp16)
+- size on disk: {record['size_mb']} MB (fp16){guidance}
 
 ![samples](samples.png)
 """
