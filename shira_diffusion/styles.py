@@ -100,10 +100,6 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
         if not (folder / "images").is_dir():
             write_training_set(spec, folder)
         record_path = folder / "style.json"
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-        record.update(name=name, description=spec.description, trigger=spec.trigger, look=spec.look,
-                      images="images/", thumbnail="thumbnail.png")
-        files = record.setdefault("files", {})
         for base in bases:
             for variant in variants:
                 # Relative paths when run from the repository, as the run records and the
@@ -115,12 +111,17 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
                 if steps:
                     config.max_train_steps = steps
                 result = train(config)
-                files[f"{base}/{variant}"] = {"file": Path(out).name, "mask": config.mask if config.adapter == "shira" else None,
-                                              "params": result["trainable_params"], "seconds": result["seconds"],
-                                              "steps": result["steps"], "final_loss": result["final_loss"]}
-                record["recipe"] = {k: getattr(config, k) for k in (
-                    "rank", "targets", "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler",
-                    "caption_dropout", "snr_gamma", "noise_offset", "seed")}
+                # Read again just before writing: builds of other variants may run alongside.
+                record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+                record.update(name=name, description=spec.description, trigger=spec.trigger, look=spec.look,
+                              images="images/", thumbnail="thumbnail.png")
+                record.setdefault("files", {})[f"{base}/{variant}"] = {
+                    "file": Path(out).name, "mask": config.mask if config.adapter == "shira" else None,
+                    "params": result["trainable_params"], "seconds": result["seconds"], "steps": result["steps"],
+                    "final_loss": result["final_loss"]}
+                record["recipe"] = {"rank": config.resolved_rank(), **{k: getattr(config, k) for k in (
+                    "targets", "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler",
+                    "caption_dropout", "snr_gamma", "noise_offset", "seed")}}
                 record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 
