@@ -66,7 +66,7 @@ class TrainConfig:
     validation_prompt: str | None = None
     validation_steps: int = 100
     num_validation_images: int = 4
-    caption_dropout: float = 0.1  # share of captions replaced by "" (kohya's caption_dropout_rate)
+    caption_dropout: float = 0.1  # share of captions dropped for guidance (kohya's caption_dropout_rate)
     snr_gamma: float | None = 5.0  # Min-SNR loss weighting (Hang et al. 2023), as diffusers' --snr_gamma
     noise_offset: float = 0.1  # per-channel offset added to the noise, as diffusers' --noise_offset
     cache_latents: bool = False
