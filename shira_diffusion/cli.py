@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="default: every variant with a file (shira, shira-<mask>, lora)")
     ev_styles.add_argument("--prompts", type=_positive_int, default=100)
     ev_styles.add_argument("--steps", type=_positive_int, default=20)
+    ev_styles.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
     ev_styles.add_argument("--sheet", help="write a PNG with the first 8 images of every row (plain, each adapter)")
     ev_styles.add_argument("--json", action="store_true")
 
@@ -243,7 +244,8 @@ def _cmd_bench(args) -> None:
 def _cmd_eval(args) -> None:
     from .evaluate import eval_styles, format_styles_table
 
-    result = eval_styles(args.base, args.styles, args.adapters, args.prompts, args.steps, sheet=args.sheet)
+    result = eval_styles(args.base, args.styles, args.adapters, args.prompts, args.steps, sheet=args.sheet,
+                         guidance_scale=args.guidance)
     print(format_styles_table(result))
     if args.json:
         print(json.dumps(result))

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .bank import StyleBank
 from .bench_generate import content_scores
 from .generate import STYLES_DIR, with_triggers
+from .images import from_model_range, image_grid, to_model_range, vae_round_trip
 from .toy.looks import shows_look
 from .toy.world import sample_scene
 
@@ -74,20 +75,15 @@ def vae_ceiling(pipe, look: str, count: int = 100, seed: int = 7, batch_size: in
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(count)]
     styled = [LOOKS[look](render(scene)) for scene in scenes]
-    vae = pipe.vae
     decoded = []
-    with torch.no_grad():
-        for start in range(0, count, batch_size):
-            x = torch.from_numpy(np.stack(styled[start : start + batch_size])).permute(0, 3, 1, 2)
-            x = (x.float() / 127.5 - 1).to(vae.device, vae.dtype)
-            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.float().clamp(-1, 1)
-            decoded.extend(((y + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    for start in range(0, count, batch_size):
+        decoded.extend(from_model_range(vae_round_trip(pipe.vae, to_model_range(styled[start : start + batch_size]))))
     expected = [{"color": s.color, "shape": s.shape, "background": s.background} for s in scenes]
     return {"strength": style_strength(decoded, look), "content": content_scores(decoded, expected, looks=[look])["all"]}
 
 
 def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequence[str] | None = None,
-                count: int = 100, steps: int = 20, sheet: str | None = None) -> dict:
+                count: int = 100, steps: int = 20, sheet: str | None = None, guidance_scale: float = 5.0) -> dict:
     """For each bundled style and adapter variant (``styles.VARIANTS``; default: every one whose
     file exists) on ``base``: strength, content accuracy and its drop from the base's own, the
     VAE's ceiling for the look, training time, parameters, file size. ``sheet``: a PNG path for
@@ -99,8 +95,8 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
     pipe.set_progress_bar_config(disable=True)
     expected = held_out_prompts(count)
     prompts = [e["prompt"] for e in expected]
-    plain = generate_batched(pipe, prompts, steps, desc=f"{base}: plain")
-    result = {"base": base, "prompts": count, "steps": steps,
+    plain = generate_batched(pipe, prompts, steps, guidance_scale, desc=f"{base}: plain")
+    result = {"base": base, "prompts": count, "steps": steps, "guidance_scale": guidance_scale,
               "plain": {"content": content_scores(plain, expected)["all"],
                         "looks": {name: style_strength(plain, STYLES[name].look) for name in (styles or STYLES)}},
               "styles": {}}
@@ -120,11 +116,11 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
             if variant_settings(kind)["adapter"] == "shira":
                 bank.load(str(path), name=f"{name}-{kind}")
                 with bank.use({f"{name}-{kind}": 1.0}):
-                    images = generate_batched(pipe, triggered, steps, desc=f"{base}: {name} {kind}")
+                    images = generate_batched(pipe, triggered, steps, guidance_scale, desc=f"{base}: {name} {kind}")
                 bank.remove(f"{name}-{kind}")
             else:
                 pipe.load_lora_weights(str(path), adapter_name=f"{name}_{kind}")
-                images = generate_batched(pipe, triggered, steps, desc=f"{base}: {name} {kind}")
+                images = generate_batched(pipe, triggered, steps, guidance_scale, desc=f"{base}: {name} {kind}")
                 pipe.delete_adapters(f"{name}_{kind}")
             rows[f"{name} {kind}"] = images[:SHEET_COLUMNS]
             info = files.get(f"{base}/{kind}", {})
@@ -136,7 +132,7 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
                 "file_mb": round(os.path.getsize(path) / 2**20, 3),
             }
     if sheet:
-        save_sheet(rows, sheet, title=f"{base}: held-out prompts, image i with seed i")
+        save_sheet(rows, sheet, title=f"{base}: held-out prompts, image i with seed i, guidance {guidance_scale:g}")
     return result
 
 
@@ -146,8 +142,6 @@ SHEET_COLUMNS = 8
 def save_sheet(rows: dict[str, Sequence[np.ndarray]], path: str, title: str = "", scale: int = 2) -> None:
     """One labelled row of images per entry of ``rows`` (nearest-neighbour upscaled ``scale`` x)."""
     from PIL import Image, ImageDraw
-
-    from .images import image_grid
 
     label_width, line = 150, 14
     strips = [np.repeat(np.repeat(image_grid(list(images), SHEET_COLUMNS), scale, 0), scale, 1)
@@ -169,7 +163,8 @@ def save_sheet(rows: dict[str, Sequence[np.ndarray]], path: str, title: str = ""
 
 
 def format_styles_table(result: dict) -> str:
-    lines = [(f"base {result['base']}: plain content {result['plain']['content']:.1%} on {result['prompts']} prompts; "
+    lines = [(f"base {result['base']}: plain content {result['plain']['content']:.1%} on {result['prompts']} prompts "
+              f"(guidance {result.get('guidance_scale', 5.0):g}); "
               "VAE ceiling = strength / content of rendered styled scenes after the base's VAE"),
              "| style | adapter | strength | content | drop | VAE ceiling | params | train s | file MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -56,7 +56,7 @@ def pixel(image: np.ndarray) -> np.ndarray:
 def outline(image: np.ndarray) -> np.ndarray:
     x = _float(image)
     _, mask = background_and_object(image)
-    band = _dilate(mask, 3) & ~mask
+    band = dilate(mask, 3) & ~mask
     x[band] = OUTLINE_RGB
     return _uint8(x)
 
@@ -259,7 +259,7 @@ MEASURES: dict[str, Callable[[np.ndarray], float]] = {
 }
 
 
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary dilation by a disc (no wrap-around at the image border)."""
     padded = np.pad(mask, radius)
     out = np.zeros_like(mask)

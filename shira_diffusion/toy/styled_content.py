@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .content import classify_shape
-from .looks import LOOKS, NIGHT_SCALE, NIGHT_SHIFT, ORDER, OUTLINE_RGB, PERIOD, WHITE, _dilate
+from .looks import LOOKS, NIGHT_SCALE, NIGHT_SHIFT, ORDER, OUTLINE_RGB, PERIOD, WHITE, dilate
 from .world import COLORS
 
 _TEXTURES = ("hatching", "halftone")
@@ -84,7 +84,7 @@ def read_styled_content(image: np.ndarray, looks: Iterable[str] = ()) -> dict[st
         else:
             # A VAE softens the band into its neighbours (blue + magenta reads purple): a looser
             # fit, grown by a pixel, keeps those fringes out of the object's and background's colors.
-            band = _dilate(distance < BAND_FIT * float(np.mean(a)), 1)
+            band = dilate(distance < BAND_FIT * float(np.mean(a)), 1)
     if looks & set(_TEXTURES):
         pixels = _box_mean(pixels)
     names = list(palette)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..conditioning import encode_prompts
-from ..images import image_grid
+from ..images import image_grid, to_model_range, vae_round_trip
 from .architectures import SCHEDULER_CONFIG, build_pipeline
 from .generic import STRUCTURED, apply_generic, random_texture
 from .looks import CONFLICTS, LOOKS, apply_looks
@@ -69,7 +69,7 @@ def vae_batch(seed: int, step: int, size: int) -> torch.Tensor:
         if draw >= 0.45:
             image = apply_generic(image, rng)[0]
         images.append(image)
-    return _to_tensor(images)
+    return to_model_range(images)
 
 
 def bundled_look_mix(rng) -> list[str]:
@@ -87,7 +87,7 @@ def decoder_batch(seed: int, step: int, size: int) -> torch.Tensor:
     toy images under the bundled looks."""
     rng = np.random.default_rng([seed, step, 3])
     looked = [apply_looks(render(sample_scene(rng)), bundled_look_mix(rng)) for _ in range(size - size // 2)]
-    return torch.cat([vae_batch(seed + 1, step, size // 2), _to_tensor(looked)])
+    return torch.cat([vae_batch(seed + 1, step, size // 2), to_model_range(looked)])
 
 
 def caption_batch(seed: int, step: int, size: int) -> tuple[torch.Tensor, list[str]]:
@@ -104,18 +104,13 @@ def caption_batch(seed: int, step: int, size: int) -> tuple[torch.Tensor, list[s
             caption = ""  # for classifier-free guidance
         images.append(image)
         captions.append(caption)
-    return _to_tensor(images), captions
-
-
-def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_model_range(images), captions
 
 
 # ---------------------------------------------------------------------------------- metrics
 def reconstruction_psnr(vae, images: torch.Tensor) -> np.ndarray:
     """PSNR (dB) of each image through the VAE (encode -> mode -> decode), on the 0-255 scale."""
-    with torch.no_grad():
-        recon = vae.decode(vae.encode(images).latent_dist.mode()).sample.clamp(-1, 1)
+    recon = vae_round_trip(vae, images).to(images.device)
     mse = ((recon - images) ** 2).mean(dim=(1, 2, 3)) * (255 / 2) ** 2
     return (10 * torch.log10(255**2 / mse.clamp_min(1e-10))).numpy()
 
@@ -126,7 +121,8 @@ def vae_eval_sets(seed: int = 12345, count: int = 64) -> dict[str, torch.Tensor]
     plain = [render(sample_scene(rng)) for _ in range(count)]
     structured = [apply_generic(render(sample_scene(rng)), rng, STRUCTURED)[0] for _ in range(count)]
     looks = [apply_looks(render(sample_scene(rng)), bundled_look_mix(rng)) for _ in range(count)]
-    return {"plain": _to_tensor(plain), "structured": _to_tensor(structured), "bundled looks": _to_tensor(looks)}
+    return {"plain": to_model_range(plain), "structured": to_model_range(structured),
+            "bundled looks": to_model_range(looks)}
 
 
 def encode_text(pipe, family: str, captions: list[str], device) -> tuple[torch.Tensor, dict]:
@@ -261,8 +257,8 @@ def train(args) -> dict:
         _save_checkpoint(work, step, pipe, optimizer, stage, family,
                          extra={"vae_steps": vae_len.steps, "unet_steps": unet_len.steps})
 
-    def progress(length: _StageLength, local: int, stage_started: float, stage: str, loss) -> None:
-        if length.after_step(local, _synced_seconds(stage_started, device)):
+    def progress(length: _StageLength | None, local: int, stage_started: float, stage: str, loss) -> None:
+        if length is not None and length.after_step(local, _synced_seconds(stage_started, device)):
             bar.total = vae_len.steps + unet_len.steps + decoder_steps  # the count was just fixed from the speed
             bar.refresh()
         bar.update(1)
@@ -352,8 +348,7 @@ def train(args) -> dict:
             decoder_opt.step()
             step += 1
             local += 1
-            bar.update(1)
-            bar.set_postfix(stage="decoder", loss=f"{loss.item():.4f}")
+            progress(None, local, 0.0, "decoder", loss)  # a fixed count: nothing to measure
             if step % args.checkpoint_every == 0 or local == decoder_steps:
                 checkpoint("decoder", decoder_opt)
             if local >= decoder_steps:
