@@ -36,7 +36,7 @@ class StyleSpec:
 STYLES = {
     s.name: s
     for s in [
-        StyleSpec("pixel", "pixel", "sks", "chunky 4-pixel blocks, like low-resolution pixel art", 101),
+        StyleSpec("frame", "frame", "sks", "a teal picture frame around the image, behind the object", 101),
         StyleSpec("outline", "outline", "zxq", "a bold magenta contour around the shape", 102),
         StyleSpec("hatching", "hatching", "vrt", "diagonal ink hatching over the whole picture (45 degrees, period 8)", 103),
         StyleSpec("halftone", "halftone", "ohwx", "a printed halftone dot grid (period 8)", 104),

@@ -76,8 +76,9 @@ def test_a_missing_bundled_base_names_what_to_do(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name", ["toy-sd", "toy-sdxl"])
 def test_bundled_looks_survive_the_base_vae(name):
     """A style adapter changes only the UNet, so a look the base's VAE cannot draw is out of any
-    adapter's reach. Every bundled look but pixel comes back through the VAE; pixel's 4 px blocks
-    are finer than the latent grid and the encoder (kept as the UNet learned it) drops them."""
+    adapter's reach. Every look but pixel comes back through the VAE; pixel's 4 px blocks, one
+    latent cell each, come back smoothed (the decoder, which also trained on them, draws them
+    soft), which is why no bundled style uses pixel."""
     from shira_diffusion.evaluate import vae_ceiling
     from shira_diffusion.toy.looks import LOOKS
 

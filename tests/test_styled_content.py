@@ -26,7 +26,8 @@ def test_content_reads_through_each_look(look):
 
 
 @pytest.mark.parametrize("looks", [("hatching", "pastel"), ("halftone", "night"), ("pixel", "pastel"),
-                                   ("outline", "night"), ("hatching", "outline")])
+                                   ("outline", "night"), ("hatching", "outline"), ("frame", "halftone"),
+                                   ("frame", "hatching"), ("frame", "outline"), ("frame", "night")])
 def test_content_reads_through_mixes_of_two_looks(looks):
     # The outline's band is found by its color; where a texture or color map also touches it,
     # some band pixels escape and the silhouette grows: the weaker case, stated here.
@@ -57,5 +58,16 @@ def test_content_reads_through_a_softened_outline():
     for _ in range(200):
         scene = sample_scene(rng)
         got = read_styled_content(_soften(LOOKS["outline"](render(scene))), ["outline"])
+        right += all(got[k] == getattr(scene, k) for k in ("color", "shape", "background"))
+    assert right / 200 >= 0.96
+
+
+def test_content_reads_through_a_softened_frame():
+    # A VAE blends the frame's inner edge with the background: the background is read inside it.
+    rng = np.random.default_rng(4)
+    right = 0
+    for _ in range(200):
+        scene = sample_scene(rng)
+        got = read_styled_content(_soften(LOOKS["frame"](render(scene))), ["frame"])
         right += all(got[k] == getattr(scene, k) for k in ("color", "shape", "background"))
     assert right / 200 >= 0.96

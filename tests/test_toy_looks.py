@@ -60,3 +60,13 @@ def test_mixes_are_order_independent_and_conflicts_refused(plain):
             apply_looks(plain[0], sorted(pair))
     with pytest.raises(ValueError, match="unknown look"):
         apply_looks(plain[0], ["sepia"])
+
+
+def test_frame_stays_behind_the_object():
+    # Unlike the bases' generic borders, drawn over everything: an object at the edge stays whole.
+    scene = sample_scene(np.random.default_rng(0), shape="square", color="red", background="white", cx=14.0, cy=30.0, radius=13.0)
+    image = render(scene)
+    framed = LOOKS["frame"](image)
+    red = np.all(image == np.array([220, 40, 40], dtype=np.uint8), axis=-1)
+    assert red[:, :4].any() and np.array_equal(framed[red], image[red])
+    assert shows_look(framed, "frame") and not shows_look(image, "frame")

@@ -3,7 +3,8 @@
 Each sampler draws random parameters, restyles a toy image and returns the caption phrase that
 describes it (``with thin horizontal stripes``). The bundled style looks (``looks.py``) are kept
 out of this family as exact looks: no 45-degree lines of period 8, no dot grid of period 8, no
-8 px blocks, no magenta bands, no pastel or night color maps. A base can draw stripes and dots,
+4 px blocks, no magenta bands, no teal 4 px frame behind the object (borders are palette colors
+drawn over it, never 4 px wide), no pastel or night color maps. A base can draw stripes and dots,
 but an adapter still has an exact look to learn.
 """
 
@@ -60,7 +61,7 @@ def grain(image, rng):
 
 
 def border(image, rng):
-    width = int(rng.choice([2, 3, 5, 6]))  # not 4: an edge on the pixel look's grid
+    width = int(rng.choice([2, 3, 5, 6]))  # not 4: the frame look's width, on the pixel look's grid
     name = str(rng.choice(list(_NAMED)))
     out = image.copy()
     out[:width], out[-width:], out[:, :width], out[:, -width:] = (_NAMED[name].astype(np.uint8),) * 4

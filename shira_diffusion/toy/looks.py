@@ -7,12 +7,15 @@ measurable in the mix:
 |---|---|---|---|
 | pixel | resolution | averages 4x4 blocks | share of the gradient energy on the 4 px block grid |
 | outline | overlay | a 3 px magenta band around the object | share of pixels explained by the band color, or strongly magenta |
+| frame | overlay | a 4 px teal frame at the image's edge, behind the object | share of the frame's outer pixels explained by the frame color |
 | hatching | texture | darkens diagonal lines ``(x + y) mod 8 < 3`` | spectral energy at (8, 8) minus (8, -8) |
 | halftone | texture | ink dots on a grid of period 8, paper white between | spectral energy at (8, 0) and (0, 8) |
 | pastel | color | halfway to white | share of regions (background, object) explained by a pastel color |
 | night | color | darker, bluer | share of regions explained by a night color |
 
-Looks keep the object's hue and silhouette, so content stays readable under them (luminance-only
+Pixel's 4 px blocks are one latent cell each: the toy bases' VAEs smooth them away, so no bundled
+style uses pixel (the frame style took its place); the look stays, as the bases' decoders were
+trained on it. Looks keep the object's hue and silhouette, so content stays readable under them (luminance-only
 looks such as sepia would merge red and purple, which have the same luminance). A mix applies
 its looks in ``ORDER`` (overlay, texture, resolution, color). Pairs in ``CONFLICTS`` erase each
 other (4 px blocks average an 8 px texture away; two color maps compose into a third) and are
@@ -34,6 +37,8 @@ from .world import COLORS
 BLOCK = 4
 PERIOD = 8
 OUTLINE_RGB = np.array([255.0, 0.0, 200.0])
+FRAME_RGB = np.array([0.0, 180.0, 180.0])  # teal: no palette color, and none under any color look
+FRAME = 4  # px; one latent cell of the toy VAEs, so the frame's inner edge lies on the latent grid
 WHITE = np.array([250.0, 250.0, 250.0])
 NIGHT_SCALE, NIGHT_SHIFT = 0.45, np.array([0.0, 10.0, 45.0])
 
@@ -58,6 +63,20 @@ def outline(image: np.ndarray) -> np.ndarray:
     _, mask = background_and_object(image)
     band = dilate(mask, 3) & ~mask
     x[band] = OUTLINE_RGB
+    return _uint8(x)
+
+
+def frame_ring(size: int, width: int = FRAME) -> np.ndarray:
+    """Boolean mask of the ``width`` px ring at the edge of a ``size`` x ``size`` image."""
+    ring = np.ones((size, size), dtype=bool)
+    ring[width:-width, width:-width] = False
+    return ring
+
+
+def frame(image: np.ndarray) -> np.ndarray:
+    x = _float(image)
+    _, mask = background_and_object(image)
+    x[frame_ring(x.shape[0]) & ~mask] = FRAME_RGB  # behind the object, unlike a generic border
     return _uint8(x)
 
 
@@ -90,12 +109,13 @@ def night(image: np.ndarray) -> np.ndarray:
 LOOKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "pixel": pixel,
     "outline": outline,
+    "frame": frame,
     "hatching": hatching,
     "halftone": halftone,
     "pastel": pastel,
     "night": night,
 }
-ORDER = ("outline", "hatching", "halftone", "pixel", "pastel", "night")
+ORDER = ("outline", "frame", "hatching", "halftone", "pixel", "pastel", "night")
 CONFLICTS = {
     frozenset(p)
     for p in (
@@ -145,41 +165,45 @@ def pixel_strength(image: np.ndarray) -> float:
 def _candidates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every color a rendered image can have under any allowed mix, with its story.
 
-    Candidates are every palette color and the outline color, first through each texture's color
-    change (none, hatching's darkening, halftone's lightening), then through each color look
-    (none, pastel, night). Returns (candidates, color look of each, whether it is the outline).
+    Candidates are every palette color and the overlay colors (outline, frame), first through each
+    texture's color change (none, hatching's darkening, halftone's lightening), then through each
+    color look (none, pastel, night). Returns (candidates, color look of each, overlay of each:
+    ``PALETTE``, ``OUTLINE`` or ``FRAME_COLOR``).
     """
-    bases = np.concatenate([np.array(list(COLORS.values()), dtype=np.float64), OUTLINE_RGB[None]])
-    is_outline = np.arange(len(bases)) == len(bases) - 1
+    palette = np.array(list(COLORS.values()), dtype=np.float64)
+    bases = np.concatenate([palette, OUTLINE_RGB[None], FRAME_RGB[None]])
+    kind = np.array([PALETTE] * len(palette) + [OUTLINE, FRAME_COLOR])
+    is_overlay = kind != PALETTE
     textures = [lambda c: c, lambda c: 0.45 * c, lambda c: 0.7 * c, lambda c: 0.3 * c + 0.7 * WHITE]
     colors = {"plain": lambda c: c, "pastel": lambda c: 0.5 * c + 0.5 * WHITE, "night": lambda c: NIGHT_SCALE * c + NIGHT_SHIFT}
-    candidates, story, outline_flag = [], [], []
+    candidates, story, overlay = [], [], []
     for name, color in colors.items():
         for t, texture in enumerate(textures):
-            # Mixes hold two looks: the outline color goes through a texture or a color look, not both.
-            keep = ~is_outline if (t > 0 and name != "plain") else np.ones(len(bases), dtype=bool)
+            # Mixes hold two looks: an overlay color goes through a texture or a color look, not both.
+            keep = ~is_overlay if (t > 0 and name != "plain") else np.ones(len(bases), dtype=bool)
             candidates.append(np.clip(np.round(color(texture(bases[keep]))), 0, 255))
             story += [name] * int(keep.sum())
-            outline_flag += list(is_outline[keep])
+            overlay += list(kind[keep])
     candidates = np.concatenate(candidates)
-    story, outline_flag = np.array(story), np.array(outline_flag)
+    story, overlay = np.array(story), np.array(overlay)
     if "white" in COLORS:  # pastel white is white: it says nothing about pastel
         white = np.array(COLORS["white"], dtype=np.float64)
         story[(story == "pastel") & (np.abs(candidates - white).max(axis=1) < 12)] = "plain"
-    return candidates, story, outline_flag
+    return candidates, story, overlay
 
 
+PALETTE, OUTLINE, FRAME_COLOR = 0, 1, 2
 _CANDIDATES = _candidates()
 FIT = 24.0  # RGB distance within which a region's color counts as explained by a candidate
 OUTLINE_FIT = 16.0  # tighter for single pixels: blends of two colors must not pass for the band
 
 
 def _stories(colors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each color: the color look of its nearest candidate, outline or not, and the distance."""
-    candidates, story, outline_flag = _CANDIDATES
+    """For each color: the color look of its nearest candidate, its overlay kind, and the distance."""
+    candidates, story, overlay = _CANDIDATES
     d2 = ((colors.reshape(-1, 1, 3) - candidates[None]) ** 2).sum(-1)
     nearest = d2.argmin(axis=1)
-    return story[nearest], outline_flag[nearest], np.sqrt(d2[np.arange(len(nearest)), nearest])
+    return story[nearest], overlay[nearest], np.sqrt(d2[np.arange(len(nearest)), nearest])
 
 
 def _region_colors(image: np.ndarray) -> np.ndarray:
@@ -216,9 +240,23 @@ def outline_strength(image: np.ndarray) -> float:
     """Share of band pixels: closely explained by the band color (under any texture and color
     look), or strongly magenta, which is how the band looks once a VAE has softened it."""
     x = _float(image)
-    _, is_outline, distance = _stories(x)
+    _, overlay, distance = _stories(x)
     magenta = np.minimum(x[..., 0], x[..., 2]) - x[..., 1] > MAGENTA
-    return float(((is_outline & (distance < OUTLINE_FIT)).reshape(magenta.shape) | magenta).mean())
+    return float((((overlay == OUTLINE) & (distance < OUTLINE_FIT)).reshape(magenta.shape) | magenta).mean())
+
+
+TEAL = 70  # min(G, B) - R above which a pixel is the frame's teal: the palette's colors reach 40, and
+# the frame under any texture or color look 81 or more
+
+
+def frame_strength(image: np.ndarray) -> float:
+    """Share of the frame's outer pixels explained by the frame color (under any texture and color
+    look), or clearly teal, as a VAE draws it. The innermost pixel row is left out: a VAE blends
+    it with the background."""
+    x = _float(image)[frame_ring(image.shape[0], FRAME - 1)]
+    _, overlay, distance = _stories(x)
+    teal = np.minimum(x[:, 1], x[:, 2]) - x[:, 0] > TEAL
+    return float((((overlay == FRAME_COLOR) & (distance < FIT)) | teal).mean())
 
 
 def _spectrum(image: np.ndarray) -> np.ndarray:
@@ -252,6 +290,7 @@ def night_strength(image: np.ndarray) -> float:
 MEASURES: dict[str, Callable[[np.ndarray], float]] = {
     "pixel": pixel_strength,
     "outline": outline_strength,
+    "frame": frame_strength,
     "hatching": hatching_strength,
     "halftone": halftone_strength,
     "pastel": pastel_strength,
@@ -276,6 +315,7 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 THRESHOLDS: dict[str, float] = {
     "pixel": 0.95,
     "outline": 0.025,
+    "frame": 0.5,  # the object may cover part of the frame
     "hatching": 0.02,
     "halftone": 0.15,
     "pastel": 0.25,  # one of the two regions: a pastel object on a white background counts

@@ -7,9 +7,10 @@ exactly, so the reader undoes what it can:
   turns each flat color ``c`` into a known flat color;
 - each look's effect on a flat color is then an affine map ``c -> a c + b`` (hatching darkens 3 of
   every 8 diagonals, halftone mixes dots and a whitened ground, pastel and night are color maps;
-  pixel and outline leave flat colors alone), composed in the looks' canonical order;
+  pixel, outline and frame leave flat colors alone), composed in the looks' canonical order;
 - the outline's magenta band (and its one-pixel fringe) is neither object nor background: it is
-  left out of both.
+  left out of both, as is the frame (where it shows: the object may cover it); the background is
+  then read just inside the frame.
 The palette is mapped through the composed look and the usual reader runs on the result.
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .content import classify_shape
-from .looks import LOOKS, NIGHT_SCALE, NIGHT_SHIFT, ORDER, OUTLINE_RGB, PERIOD, WHITE, dilate
+from .looks import FRAME, FRAME_RGB, LOOKS, NIGHT_SCALE, NIGHT_SHIFT, ORDER, OUTLINE_RGB, PERIOD, WHITE, dilate, frame_ring
 from .world import COLORS
 
 _TEXTURES = ("hatching", "halftone")
@@ -53,7 +54,7 @@ def color_map(looks: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
             scale, shift = 0.5, 0.5 * WHITE
         elif look == "night":
             scale, shift = NIGHT_SCALE, NIGHT_SHIFT
-        else:  # pixel, outline: flat colors unchanged
+        else:  # pixel, outline, frame: flat colors unchanged
             continue
         a, b = scale * a, scale * b + shift
     return a, b
@@ -87,14 +88,25 @@ def read_styled_content(image: np.ndarray, looks: Iterable[str] = ()) -> dict[st
             band = dilate(distance < BAND_FIT * float(np.mean(a)), 1)
     if looks & set(_TEXTURES):
         pixels = _box_mean(pixels)
+    edge = 0
+    if "frame" in looks:
+        # Grown into the picture by a pixel, as a VAE blends the frame's inner edge, or by half a
+        # texture period, as the box mean above blends it.
+        grow = PERIOD // 2 if looks & set(_TEXTURES) else 1
+        ring = frame_ring(pixels.shape[0], FRAME + grow)
+        frame_rgb = a * FRAME_RGB + b
+        near = np.sqrt(((pixels - frame_rgb) ** 2).sum(-1)) < BAND_FIT * float(np.mean(a))
+        band |= ring & dilate(near & ring, grow)
+        edge = FRAME + grow
     names = list(palette)
     table = np.array([palette[n] for n in names])
 
     def nearest(rgb):
         return names[int(np.argmin(((table - rgb) ** 2).sum(axis=1)))]
 
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    border_band = np.concatenate([band[0], band[-1], band[:, 0], band[:, -1]])
+    inner = slice(edge, pixels.shape[0] - edge)
+    border = np.concatenate([pixels[edge, inner], pixels[-1 - edge, inner], pixels[inner, edge], pixels[inner, -1 - edge]])
+    border_band = np.concatenate([band[edge, inner], band[-1 - edge, inner], band[inner, edge], band[inner, -1 - edge]])
     background_rgb = np.median(border[~border_band] if (~border_band).any() else border, axis=0)
     background = nearest(background_rgb)
     distance = np.sqrt(((pixels - background_rgb) ** 2).sum(axis=-1))

@@ -40,7 +40,7 @@ from ..conditioning import encode_prompts
 from ..images import image_grid, to_model_range, vae_round_trip
 from .architectures import SCHEDULER_CONFIG, build_pipeline
 from .generic import STRUCTURED, apply_generic, random_texture
-from .looks import CONFLICTS, LOOKS, apply_looks
+from .looks import CONFLICTS, apply_looks
 from .world import SIZE, render, sample_scene
 
 SAMPLE_PROMPTS = [
@@ -72,9 +72,14 @@ def vae_batch(seed: int, step: int, size: int) -> torch.Tensor:
     return to_model_range(images)
 
 
+# The looks the bundled bases' decoders learned (stage 3); frame came later. Fixed, so that the
+# commands in the model cards still make the bundled bases.
+DECODER_LOOKS = ("halftone", "hatching", "night", "outline", "pastel", "pixel")
+
+
 def bundled_look_mix(rng) -> list[str]:
-    """One bundled look (70 %) or a pair that can be mixed (30 %)."""
-    names = sorted(LOOKS)
+    """One look of ``DECODER_LOOKS`` (70 %) or a pair that can be mixed (30 %)."""
+    names = list(DECODER_LOOKS)
     count = 1 if rng.random() < 0.7 else 2
     while True:
         pick = [names[i] for i in rng.choice(len(names), size=count, replace=False)]
