@@ -7,7 +7,6 @@ from shira_diffusion.toy.styled_content import read_styled_content
 from shira_diffusion.toy.world import render, sample_scene
 
 
-
 def _accuracy(looks, count=200):
     rng = np.random.default_rng(11)
     right = {"color": 0, "background": 0, "shape": 0}

@@ -3,7 +3,14 @@ import itertools
 import numpy as np
 import pytest
 
-from shira_diffusion.toy.looks import CONFLICTS, LOOKS, MEASURES, THRESHOLDS, apply_looks, shows_look
+from shira_diffusion.toy.looks import (
+    CONFLICTS,
+    LOOKS,
+    MEASURES,
+    THRESHOLDS,
+    apply_looks,
+    shows_look,
+)
 from shira_diffusion.toy.world import render, sample_scene
 
 COMPATIBLE = [p for p in itertools.combinations(LOOKS, 2) if frozenset(p) not in CONFLICTS]

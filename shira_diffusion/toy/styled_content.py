@@ -21,7 +21,19 @@ from collections.abc import Iterable
 import numpy as np
 
 from .content import classify_shape
-from .looks import FRAME, FRAME_RGB, LOOKS, NIGHT_SCALE, NIGHT_SHIFT, ORDER, OUTLINE_RGB, PERIOD, WHITE, dilate, frame_ring
+from .looks import (
+    FRAME,
+    FRAME_RGB,
+    LOOKS,
+    NIGHT_SCALE,
+    NIGHT_SHIFT,
+    ORDER,
+    OUTLINE_RGB,
+    PERIOD,
+    WHITE,
+    dilate,
+    frame_ring,
+)
 from .world import COLORS
 
 _TEXTURES = ("hatching", "halftone")
