@@ -7,7 +7,7 @@ measurable in the mix:
 |---|---|---|---|
 | pixel | resolution | averages 4x4 blocks | share of the gradient energy on the 4 px block grid |
 | outline | overlay | a 3 px magenta band around the object | share of pixels explained by the band color, or strongly magenta |
-| frame | overlay | a 4 px teal frame at the image's edge, behind the object | share of the frame's outer pixels explained by the frame color |
+| frame | overlay | a 4 px teal frame at the image's edge, behind the object | share of the frame's outer pixels explained by the frame color, or clearly teal |
 | hatching | texture | darkens diagonal lines ``(x + y) mod 8 < 3`` | spectral energy at (8, 8) minus (8, -8) |
 | halftone | texture | ink dots on a grid of period 8, paper white between | spectral energy at (8, 0) and (0, 8) |
 | pastel | color | halfway to white | share of regions (background, object) explained by a pastel color |
@@ -15,8 +15,8 @@ measurable in the mix:
 
 Pixel's 4 px blocks are one latent cell each: the toy bases' VAEs smooth them away, so no bundled
 style uses pixel (the frame style took its place); the look stays, as the bases' decoders were
-trained on it. Looks keep the object's hue and silhouette, so content stays readable under them (luminance-only
-looks such as sepia would merge red and purple, which have the same luminance). A mix applies
+trained on it. Looks keep the object's hue and silhouette, so content stays readable under them
+(luminance-only looks such as sepia would merge red and purple, which have the same luminance). A mix applies
 its looks in ``ORDER`` (overlay, texture, resolution, color). Pairs in ``CONFLICTS`` erase each
 other (4 px blocks average an 8 px texture away; two color maps compose into a third) and are
 not offered as mixes. "Explained": see ``_candidates``.
