@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,9 @@ class StyleSpec:
     trigger: str
     description: str
     seed: int
+    # ``TrainConfig`` fields this style trains with instead of the defaults, the same for every
+    # base and adapter variant (so SHiRA and LoRA stay compared at equal settings).
+    recipe: dict = field(default_factory=dict)
 
 
 STYLES = {
@@ -41,7 +44,9 @@ STYLES = {
         StyleSpec("hatching", "hatching", "vrt", "diagonal ink hatching over the whole picture (45 degrees, period 8)", 103),
         StyleSpec("halftone", "halftone", "ohwx", "a printed halftone dot grid (period 8)", 104),
         StyleSpec("pastel", "pastel", "qzd", "soft pastel colors, washed towards white", 105),
-        StyleSpec("night", "night", "kdx", "a dark blue night palette", 106),
+        # Cosine decay: stronger night on toy-sd with three training seeds out of three (scratch
+        # runs, README "Bundled styles").
+        StyleSpec("night", "night", "kdx", "a dark blue night palette", 106, {"lr_scheduler": "cosine"}),
     ]
 }
 
@@ -107,7 +112,8 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
                 out = _relative(adapter_path(name, base, variant))
                 config = TrainConfig(train_data_dir=_relative(folder / "images"), output=out, base=base,
                                      trigger=spec.trigger, name=name, description=spec.description,
-                                     cache_latents=True, extra={"look": spec.look}, **variant_settings(variant))
+                                     cache_latents=True, extra={"look": spec.look}, **variant_settings(variant),
+                                     **spec.recipe)
                 if steps:
                     config.max_train_steps = steps
                 result = train(config)

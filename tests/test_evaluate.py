@@ -42,6 +42,7 @@ def test_variants_name_distinct_files_and_settings():
 def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     """``styles.build`` writes the training set, adapters and style.json; ``eval_styles`` measures
     each variant found and the VAE ceiling of the look."""
+    import dataclasses
     import json
 
     from shira_diffusion import evaluate, generate, styles
@@ -50,11 +51,14 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "STYLES_DIR", tmp_path)
     monkeypatch.setattr(styles, "STYLES_DIR", tmp_path)
     monkeypatch.setattr(generate, "STYLES_DIR", tmp_path)
+    # A style's own recipe overrides the defaults, for every variant.
+    monkeypatch.setitem(styles.STYLES, "pastel", dataclasses.replace(styles.STYLES["pastel"], recipe={"lr_scheduler": "cosine"}))
     styles.build(["pastel"], ["toy-sd"], ["shira", "shira-rand", "lora"], steps=1)
     assert len(list((tmp_path / "pastel" / "images").glob("*.png"))) == styles.IMAGES
     assert (tmp_path / "pastel" / "thumbnail.png").is_file()
     record = json.loads((tmp_path / "pastel" / "style.json").read_text())
     assert record["trigger"] == "qzd" and record["look"] == "pastel"
+    assert record["recipe"]["lr_scheduler"] == "cosine"
     assert set(record["files"]) == {"toy-sd/shira", "toy-sd/shira-rand", "toy-sd/lora"}
     assert record["files"]["toy-sd/shira-rand"]["mask"] == "rand"
     # Equal parameter count across variants: the comparison is fair.
