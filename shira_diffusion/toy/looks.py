@@ -16,10 +16,10 @@ measurable in the mix:
 Pixel's 4 px blocks are one latent cell each: the toy bases' VAEs smooth them away, so no bundled
 style uses pixel (the frame style took its place); the look stays, as the bases' decoders were
 trained on it. Looks keep the object's hue and silhouette, so content stays readable under them
-(luminance-only looks such as sepia would merge red and purple, which have the same luminance). A mix applies
-its looks in ``ORDER`` (overlay, texture, resolution, color). Pairs in ``CONFLICTS`` erase each
-other (4 px blocks average an 8 px texture away; two color maps compose into a third) and are
-not offered as mixes. "Explained": see ``_candidates``.
+(luminance-only looks such as sepia would merge red and purple, which have the same luminance).
+A mix applies its looks in ``ORDER`` (overlay, texture, resolution, color). Pairs in
+``CONFLICTS`` erase each other (4 px blocks average an 8 px texture away; two color maps compose
+into a third) and are not offered as mixes. "Explained": see ``_candidates``.
 
 Measures return a strength score; ``THRESHOLDS`` holds the score above which an image counts as
 showing the look (set between unstyled and styled rendered images; see tests).

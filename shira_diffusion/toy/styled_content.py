@@ -39,6 +39,7 @@ from .world import COLORS
 _TEXTURES = ("hatching", "halftone")
 # RGB distance to the band color (scaled by the color look); purple, the nearest palette color,
 # is at 131. Under hatching or halftone the tighter fit reads shapes better on rendered mixes.
+# The frame uses BAND_FIT too (after the box mean): its nearest palette colors are over 100 away.
 BAND_FIT, BAND_FIT_TEXTURED = 90, 60
 
 
