@@ -273,7 +273,7 @@ def train(config: TrainConfig) -> dict:
                                     recipe=recipe)
             adapter.save(config.output)
         else:
-            _save_lora(pipe, family, config, paths)
+            _save_lora(pipe, family, config, paths, recipe)
         _plot_losses(losses, paths["loss_curve"], f"{config.name or _stem(config.output)} ({config.adapter})")
         record["file_mb"] = round(os.path.getsize(config.output) / 2**20, 3)
         with open(paths["record"], "w") as handle:
@@ -374,12 +374,13 @@ def _validate(pipe, model, config: TrainConfig, folder: str, step: int, size: in
     Image.fromarray(image_grid(images, len(images))).save(os.path.join(folder, f"step-{step:06d}.png"))
 
 
-def _save_lora(pipe, family: str, config: TrainConfig, paths: dict) -> None:
-    """diffusers format (``pipe.load_lora_weights`` reads it), a JSON sidecar, optionally kohya."""
+def _save_lora(pipe, family: str, config: TrainConfig, paths: dict, recipe: dict) -> None:
+    """diffusers format (``pipe.load_lora_weights`` reads it), optionally kohya; both carry the
+    trigger, name, description and recipe in their header, as SHiRA files do."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_kohya
     from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     peft_state = {k: v.detach().to("cpu", _DTYPES[config.save_dtype]).contiguous()
                   for k, v in get_peft_model_state_dict(pipe.unet).items()}
@@ -390,9 +391,22 @@ def _save_lora(pipe, family: str, config: TrainConfig, paths: dict) -> None:
     # and a file mixing both namings loads its convolutions but silently drops its attention.
     pipeline_class.save_lora_weights(folder, unet_lora_layers=peft_state, weight_name=os.path.basename(config.output),
                                      safe_serialization=True)
+    # diffusers writes only ``format: pt``; loaders ignore other header keys, so the trigger travels
+    # with the file and ``shira info`` / the app can show it.
+    metadata = lora_metadata(config, family, recipe)
+    save_file(load_file(config.output), config.output, metadata={"format": "pt", **metadata})
     if config.kohya:
         kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state.items()})
-        save_file({k.replace("lora_unet_unet_", "lora_unet_"): v.contiguous() for k, v in kohya.items()}, paths["kohya"])
+        save_file({k.replace("lora_unet_unet_", "lora_unet_"): v.contiguous() for k, v in kohya.items()}, paths["kohya"],
+                  metadata={"format": "pt", **metadata})
+
+
+def lora_metadata(config: TrainConfig, family: str, recipe: dict) -> dict[str, str]:
+    """Header strings of a LoRA file this project trained (safetensors headers hold strings only)."""
+    values = {"name": config.name or _stem(config.output), "trigger": config.trigger or "",
+              "description": config.description, "base_arch": family, "rank": str(config.resolved_rank()),
+              "recipe": json.dumps(recipe, sort_keys=True)}
+    return {k: v for k, v in values.items() if v}
 
 
 def _plot_losses(losses: list[float], path: str, title: str) -> None:

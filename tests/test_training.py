@@ -87,6 +87,7 @@ def train_until(config, stop_after):
 
 def test_lora_baseline_loads_in_diffusers_and_as_kohya(bases, data, tmp_path):
     from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     out = tmp_path / "hatch-lora.safetensors"
@@ -103,6 +104,12 @@ def test_lora_baseline_loads_in_diffusers_and_as_kohya(bases, data, tmp_path):
     assert loaded == record["trainable_params"]
     kohya = load_file(str(tmp_path / "hatch-lora.kohya.safetensors"))
     assert kohya and all(k.startswith("lora_unet_") for k in kohya)
+    # Both files carry the trigger in their header, as SHiRA files do.
+    for path in (out, tmp_path / "hatch-lora.kohya.safetensors"):
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata()
+        assert meta["format"] == "pt" and meta["trigger"] == "zxq" and meta["base_arch"] == "sd"
+        assert json.loads(meta["recipe"])["adapter"] == "lora"
 
 
 def test_shira_and_lora_have_equal_parameter_counts_at_equal_rank(bases, data, tmp_path):
