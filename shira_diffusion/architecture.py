@@ -20,10 +20,16 @@ FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
 # "all" adds the transformer projections and the resnet convolutions, which carry much of a look.
 PROJECTIONS_AND_CONVS = ("proj_in", "proj_out", "conv1", "conv2")
 
+# The cross-attention keys and values are the only layers that read the prompt's embeddings;
+# leaving them frozen keeps the base's text-to-content binding, so a look cannot tie itself to
+# the training captions' words (Custom Diffusion trains exactly these to bind new words).
+IMAGE_ATTENTION = tuple(f"attn1.{m}" for m in ATTENTION) + ("attn2.to_q", "attn2.to_out.0")
+
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "attn": ATTENTION,
     "attn-ff": ATTENTION + FEED_FORWARD,
     "all": ATTENTION + FEED_FORWARD + PROJECTIONS_AND_CONVS,
+    "all-but-text-kv": IMAGE_ATTENTION + FEED_FORWARD + PROJECTIONS_AND_CONVS,
 }
 
 FAMILIES = ("sd", "sdxl")

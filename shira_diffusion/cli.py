@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .architecture import TARGET_PRESETS
 from .errors import ShiraError
 from .masks import DEFAULT_MASK, MASK_STRATEGIES
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     size = switch.add_mutually_exclusive_group()
     size.add_argument("--r", "--rank", dest="rank", type=_positive_int, help="LoRA-equivalent rank (default 16)")
     size.add_argument("--density", type=_density, help="share of each weight's entries, e.g. 0.01")
-    switch.add_argument("--targets", choices=["attn", "attn-ff", "all"], default="attn")
+    switch.add_argument("--targets", choices=list(TARGET_PRESETS), default="attn")
     switch.add_argument("--repeats", type=_positive_int, default=7, help="repetitions per median (>= 5)")
     switch.add_argument("--json", action="store_true", help="end the output with the JSON object")
 
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev_styles.add_argument("--style", action="append", dest="styles", help="default: every bundled style")
     ev_styles.add_argument("--adapter", action="append", dest="adapters", choices=VARIANTS,
                            help="default: every variant with a file (shira, shira-<mask>, lora)")
-    ev_styles.add_argument("--prompts", type=_positive_int, default=100)
+    ev_styles.add_argument("--prompts", type=_positive_int, default=100,
+                           help="how many of the 100 reserved held-out prompts (default: all)")
     ev_styles.add_argument("--steps", type=_positive_int, default=20)
     ev_styles.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
     ev_styles.add_argument("--sheet", help="write a PNG with the first 8 images of every row (plain, each adapter)")

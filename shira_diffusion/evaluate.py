@@ -2,8 +2,8 @@
 
 No learned judge: content is read back through the style's look (``toy.styled_content``), and a
 style's strength is the share of images its look's measure recognises (``toy.looks.shows_look``).
-Prompts are grammar prompts that no bundled style trained on, drawn with a fixed seed; image i
-uses seed i.
+Prompts are the grammar prompts reserved for evaluation (no bundled style trains on them), one
+scene each; image i uses seed i.
 """
 
 from __future__ import annotations
@@ -18,10 +18,26 @@ from tqdm.auto import tqdm
 
 from .bank import StyleBank
 from .bench_generate import content_scores
+from .errors import ShiraError
 from .generate import STYLES_DIR, with_triggers
 from .images import from_model_range, image_grid, to_model_range, vae_round_trip
 from .toy.looks import shows_look
 from .toy.world import sample_scene
+
+HELD_OUT = 100  # grammar prompts reserved for evaluation: no bundled style trains on them
+
+
+def reserved_prompts(seed: int = 2027) -> list[str]:
+    """The ``HELD_OUT`` grammar prompts kept out of every style's training set, in a fixed order.
+
+    Chosen before any training set is drawn (``styles.write_training_set`` skips them), so the
+    evaluation set does not shrink or move when styles are added or get more images.
+    """
+    from .toy.world import COLORS, SHAPES, make_prompt
+
+    grammar = sorted(make_prompt(c, s, b) for c in COLORS for s in SHAPES for b in COLORS if b != c)
+    order = np.random.default_rng(seed).permutation(len(grammar))
+    return [grammar[i] for i in order[:HELD_OUT]]
 
 
 def training_prompts() -> set[str]:
@@ -32,19 +48,18 @@ def training_prompts() -> set[str]:
     return found
 
 
-def held_out_prompts(count: int, seed: int = 2027) -> list[dict]:
-    """``count`` grammar scenes whose prompts no bundled style trained on."""
-    rng = np.random.default_rng(seed)
-    excluded = training_prompts()
+def held_out_prompts(count: int = HELD_OUT) -> list[dict]:
+    """The first ``count`` reserved prompts, with the color, shape and background they ask for."""
+    from .toy.world import parse_prompt
+
+    if not 1 <= count <= HELD_OUT:
+        raise ShiraError(f"there are {HELD_OUT} held-out prompts; asked for {count}")
     scenes = []
-    for _ in range(100_000):
-        scene = sample_scene(rng)
-        if scene.prompt() not in excluded:
-            scenes.append({"prompt": scene.prompt(), "color": scene.color, "shape": scene.shape,
-                           "background": scene.background})
-            if len(scenes) == count:
-                return scenes
-    raise RuntimeError("the grammar has too few prompts outside the training sets")
+    for prompt in reserved_prompts()[:count]:
+        words = parse_prompt(prompt)
+        scenes.append({"prompt": prompt, "color": words["color"], "shape": words["shape"],
+                       "background": words["background"]})
+    return scenes
 
 
 def generate_batched(pipe, prompts: Sequence[str], steps: int = 20, guidance_scale: float = 5.0,

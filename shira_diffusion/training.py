@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .architecture import resolve_targets, target_weights, unet_family
+from .architecture import TARGET_PRESETS, resolve_targets, target_weights, unet_family
 from .bases import load_pipeline
 from .conditioning import encode_prompts
 from .dataset import StyleImages
 from .errors import ShiraError
 from .masks import DEFAULT_MASK, build_masks, calibration_gradients
 from .sparse_training import SparseDeltaModel
-
 
 DEFAULT_RANK = 2
 
@@ -69,6 +68,8 @@ class TrainConfig:
     caption_dropout: float = 0.1  # share of captions dropped for guidance (kohya's caption_dropout_rate)
     snr_gamma: float | None = 5.0  # Min-SNR loss weighting (Hang et al. 2023), as diffusers' --snr_gamma
     noise_offset: float = 0.1  # per-channel offset added to the noise, as diffusers' --noise_offset
+    min_timestep: int = 0  # train on timesteps in [min_timestep, max_timestep), as kohya's flags
+    max_timestep: int | None = None  # default: the scheduler's num_train_timesteps
     cache_latents: bool = False
     random_flip: bool = False
     seed: int = 0
@@ -130,6 +131,10 @@ def train(config: TrainConfig) -> dict:
     data = StyleImages(config.train_data_dir, size, trigger=config.trigger, warn=accelerator.is_main_process)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     scaling = pipe.vae.config.scaling_factor
+    max_timestep = noise_scheduler.config.num_train_timesteps if config.max_timestep is None else config.max_timestep
+    if not 0 <= config.min_timestep < max_timestep <= noise_scheduler.config.num_train_timesteps:
+        raise ShiraError(f"need 0 <= --min_timestep < --max_timestep <= {noise_scheduler.config.num_train_timesteps}, "
+                         f"got {config.min_timestep} and {max_timestep}")
 
     # Frozen conditioning, computed once: every caption's embeddings, and (optionally) the latents.
     with torch.no_grad():
@@ -171,8 +176,8 @@ def train(config: TrainConfig) -> dict:
             # which zero-mean noise at the last timestep never asks of it.
             noise = noise + config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator,
                                                               device=device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
-                                  generator=generator, device=device)
+        timesteps = torch.randint(config.min_timestep, max_timestep, (len(latents),), generator=generator,
+                                  device=device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         if noise_scheduler.config.prediction_type == "v_prediction":
             target = noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -253,13 +258,18 @@ def train(config: TrainConfig) -> dict:
     bar.close()
     seconds = time.time() - started
     digest = _digest(params)
-    if world > 1:  # every rank must hold the same adapter: say so in the log
+    rank_digests = [digest]
+    if world > 1:  # every rank must hold the same adapter: say so in the log and the record
+        from accelerate.utils import gather_object
+
         print(f"rank {rank}: trained parameters sha256 {digest}", flush=True)
+        rank_digests = gather_object([digest])
 
     record = {
         "adapter": config.adapter, "base": str(config.base), "family": family, "steps": step,
         "trainable_params": num_params, "seconds": round(seconds, 1), "processes": world,
         "final_loss": float(np.mean(losses[-20:])) if losses else None, "sha256": digest,
+        "rank_sha256": rank_digests,
         "files": {k: v for k, v in paths.items() if k != "checkpoints"},
     }
     if accelerator.is_main_process:
@@ -455,7 +465,7 @@ def add_arguments(parser) -> None:
     size.add_argument("--density", type=float, help="SHiRA: share of each adapted weight's entries")
     size.add_argument("--rank", type=int, help="LoRA rank, or SHiRA's equal-parameter rank r*(m+n) "
                       f"(default {DEFAULT_RANK})")
-    a("--targets", choices=["attn", "attn-ff", "all"], default="all",
+    a("--targets", choices=list(TARGET_PRESETS), default="all",
       help="attention projections; + feed-forward; + the transformer projections and resnet convolutions (default)")
     a("--resolution", type=int, help="training image size (default: the base's native size)")
     a("--train_batch_size", type=int, default=4)
@@ -477,6 +487,8 @@ def add_arguments(parser) -> None:
       "paper's choice; 0 turns it off)")
     a("--noise_offset", type=float, default=0.1, help="noise offset (default 0.1; 0 turns it off): lets a style "
       "change overall brightness and color")
+    a("--min_timestep", type=int, default=0, help="train on timesteps from this one (kohya's flag; default 0)")
+    a("--max_timestep", type=int, help="train on timesteps below this one (kohya's flag; default: all)")
     a("--cache_latents", action="store_true", help="encode every image once (the VAE is frozen)")
     a("--random_flip", action="store_true")
     a("--seed", type=int, default=0)

@@ -1,14 +1,28 @@
 import numpy as np
 
-from shira_diffusion.evaluate import held_out_prompts, style_strength, training_prompts
+from shira_diffusion.evaluate import (
+    held_out_prompts,
+    reserved_prompts,
+    style_strength,
+    training_prompts,
+)
 from shira_diffusion.toy.looks import LOOKS
-from shira_diffusion.toy.world import render, sample_scene
+from shira_diffusion.toy.world import make_prompt, render, sample_scene, write_dataset
 
 
 def test_held_out_prompts_avoid_every_training_caption_and_are_fixed():
     prompts = held_out_prompts(100)
-    assert len(prompts) == 100 and prompts == held_out_prompts(100)
+    assert len({p["prompt"] for p in prompts}) == 100 and prompts == held_out_prompts(100)
+    assert held_out_prompts(10) == prompts[:10]
     assert not {p["prompt"] for p in prompts} & training_prompts()
+    assert all(make_prompt(p["color"], p["shape"], p["background"]) == p["prompt"] for p in prompts)
+
+
+def test_training_sets_skip_the_reserved_prompts(tmp_path):
+    reserved = reserved_prompts()
+    write_dataset(tmp_path, 60, seed=3, exclude=reserved)
+    captions = {f.read_text().strip() for f in tmp_path.glob("*.txt")}
+    assert len(list(tmp_path.glob("*.png"))) == 60 and not captions & set(reserved)
 
 
 def test_style_strength_is_the_share_of_images_showing_the_look():

@@ -1,10 +1,15 @@
 import pytest
 import torch
+from conftest import TINY_SDXL, make_unet, unet_inputs
 
-from shira_diffusion import ShiraError, build_masks, calibration_gradients, mask_size, target_weights
+from shira_diffusion import (
+    ShiraError,
+    build_masks,
+    calibration_gradients,
+    mask_size,
+    target_weights,
+)
 from shira_diffusion.masks import MASK_STRATEGIES, matrix_shape, struct_mask
-
-from conftest import make_unet, unet_inputs, TINY_SDXL
 
 
 def _grads(weights, seed=0):
@@ -122,6 +127,10 @@ def test_target_presets_nest(sd_unet):
     assert all(n.rsplit(".", 2)[-2] in ("to_q", "to_k", "to_v") or n.endswith("to_out.0.weight") for n in attn)
     assert not any("conv_in" in n or "conv_out" in n or "time_emb" in n for n in everything)
     assert any(".resnets." in n and n.endswith("conv1.weight") for n in everything)
+    # Everything but the two layers that read the prompt embeddings.
+    image_only = set(target_weights(sd_unet, "all-but-text-kv"))
+    assert everything - image_only == {n for n in everything if n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))}
+    assert everything - image_only
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,19 +112,23 @@ def render(scene: Scene) -> np.ndarray:
     return np.round(coverage * fg + (1 - coverage) * bg).astype(np.uint8)
 
 
-def write_dataset(directory: str | os.PathLike, count: int, seed: int = 0, style: str | None = None, look=None) -> list[str]:
+def write_dataset(directory: str | os.PathLike, count: int, seed: int = 0, style: str | None = None, look=None,
+                  exclude: Collection[str] = ()) -> list[str]:
     """Write ``count`` images with same-name ``.txt`` captions (the layout training scripts read).
 
-    ``look`` (image -> image) restyles each image; ``style`` is appended to its caption.
-    Returns the image paths.
+    ``look`` (image -> image) restyles each image; ``style`` is appended to its caption; scenes
+    whose prompt is in ``exclude`` are skipped. Returns the image paths.
     """
     from PIL import Image
 
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
+    excluded = set(exclude)
     for i in range(count):
         scene = sample_scene(rng)
+        while scene.prompt() in excluded:
+            scene = sample_scene(rng)
         image = render(scene)
         if look is not None:
             image = look(image)
