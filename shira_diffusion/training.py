@@ -401,8 +401,8 @@ def _save_lora(pipe, family: str, config: TrainConfig, paths: dict, recipe: dict
     # and a file mixing both namings loads its convolutions but silently drops its attention.
     pipeline_class.save_lora_weights(folder, unet_lora_layers=peft_state, weight_name=os.path.basename(config.output),
                                      safe_serialization=True)
-    # diffusers writes only ``format: pt``; loaders ignore other header keys, so the trigger travels
-    # with the file and ``shira info`` / the app can show it.
+    # diffusers writes only ``format: pt``; loaders ignore other header keys, so the trigger and
+    # recipe can travel with the file, as they do in SHiRA files.
     metadata = lora_metadata(config, family, recipe)
     save_file(load_file(config.output), config.output, metadata={"format": "pt", **metadata})
     if config.kohya:
