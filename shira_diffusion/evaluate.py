@@ -22,7 +22,7 @@ from .errors import ShiraError
 from .generate import STYLES_DIR, with_triggers
 from .images import from_model_range, image_grid, to_model_range, vae_round_trip
 from .toy.looks import shows_look
-from .toy.world import sample_scene
+from .toy.world import COLORS, SHAPES, make_prompt, parse_prompt, render, sample_scene
 
 HELD_OUT = 100  # grammar prompts reserved for evaluation: no bundled style trains on them
 
@@ -33,8 +33,6 @@ def reserved_prompts(seed: int = 2027) -> list[str]:
     Chosen before any training set is drawn (``styles.write_training_set`` skips them), so the
     evaluation set does not shrink or move when styles are added or get more images.
     """
-    from .toy.world import COLORS, SHAPES, make_prompt
-
     grammar = sorted(make_prompt(c, s, b) for c in COLORS for s in SHAPES for b in COLORS if b != c)
     order = np.random.default_rng(seed).permutation(len(grammar))
     return [grammar[i] for i in order[:HELD_OUT]]
@@ -50,8 +48,6 @@ def training_prompts() -> set[str]:
 
 def held_out_prompts(count: int = HELD_OUT) -> list[dict]:
     """The first ``count`` reserved prompts, with the color, shape and background they ask for."""
-    from .toy.world import parse_prompt
-
     if not 1 <= count <= HELD_OUT:
         raise ShiraError(f"there are {HELD_OUT} held-out prompts; asked for {count}")
     scenes = []
@@ -85,7 +81,6 @@ def vae_ceiling(pipe, look: str, count: int = 100, seed: int = 7, batch_size: in
     """Style strength and content accuracy of rendered scenes under ``look`` after a round trip
     through the base's VAE: the most an adapter, which only changes the UNet, can reach."""
     from .toy.looks import LOOKS
-    from .toy.world import render
 
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(count)]

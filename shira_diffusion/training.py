@@ -390,25 +390,25 @@ def _save_lora(pipe, family: str, config: TrainConfig, paths: dict, recipe: dict
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_kohya
     from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     peft_state = {k: v.detach().to("cpu", _DTYPES[config.save_dtype]).contiguous()
                   for k, v in get_peft_model_state_dict(pipe.unet).items()}
     pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     folder = os.path.dirname(os.path.abspath(config.output))
+    # diffusers' own writer puts only ``format: pt`` in the header; loaders ignore other keys, so
+    # the trigger and recipe travel with the file, as they do in SHiRA files.
+    header = {"format": "pt", **lora_metadata(config, family, recipe)}
     # PEFT's own key names (``lora_A``/``lora_B``), which ``load_lora_weights`` reads for every layer
     # kind. ``convert_state_dict_to_diffusers`` renames only attention projections (``lora.down``),
     # and a file mixing both namings loads its convolutions but silently drops its attention.
     pipeline_class.save_lora_weights(folder, unet_lora_layers=peft_state, weight_name=os.path.basename(config.output),
-                                     safe_serialization=True)
-    # diffusers writes only ``format: pt``; loaders ignore other header keys, so the trigger and
-    # recipe can travel with the file, as they do in SHiRA files.
-    metadata = lora_metadata(config, family, recipe)
-    save_file(load_file(config.output), config.output, metadata={"format": "pt", **metadata})
+                                     safe_serialization=True,
+                                     save_function=lambda weights, path: save_file(weights, path, metadata=header))
     if config.kohya:
         kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state.items()})
         save_file({k.replace("lora_unet_unet_", "lora_unet_"): v.contiguous() for k, v in kohya.items()}, paths["kohya"],
-                  metadata={"format": "pt", **metadata})
+                  metadata=header)
 
 
 def lora_metadata(config: TrainConfig, family: str, recipe: dict) -> dict[str, str]:
