@@ -466,7 +466,8 @@ def add_arguments(parser) -> None:
     size.add_argument("--rank", type=int, help="LoRA rank, or SHiRA's equal-parameter rank r*(m+n) "
                       f"(default {DEFAULT_RANK})")
     a("--targets", choices=list(TARGET_PRESETS), default="all",
-      help="attention projections; + feed-forward; + the transformer projections and resnet convolutions (default)")
+      help="attention projections; + feed-forward; + the transformer projections and resnet convolutions (default); "
+      "all-but-text-kv: all but the cross-attention keys and values")
     a("--resolution", type=int, help="training image size (default: the base's native size)")
     a("--train_batch_size", type=int, default=4)
     a("--max_train_steps", type=int, default=1000)
