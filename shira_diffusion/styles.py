@@ -33,9 +33,14 @@ class StyleSpec:
     trigger: str
     description: str
     seed: int
-    # ``TrainConfig`` fields this style trains with instead of the defaults, the same for every
-    # base and adapter variant (so SHiRA and LoRA stay compared at equal settings).
+    # ``TrainConfig`` fields this style trains with instead of the defaults, for every base; then
+    # per base (what teaches a look on one base can weaken it on another). The same for every
+    # adapter variant, so SHiRA and LoRA stay compared at equal settings.
     recipe: dict = field(default_factory=dict)
+    base_recipes: dict = field(default_factory=dict)
+
+    def recipe_for(self, base: str) -> dict:
+        return {**self.recipe, **self.base_recipes.get(base, {})}
 
 
 STYLES = {
@@ -93,6 +98,16 @@ def write_training_set(spec: StyleSpec, folder: Path) -> None:
     Image.fromarray(image_grid(thumbs, 2)).save(folder / "thumbnail.png")
 
 
+RECIPE_FIELDS = ("targets", "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler",
+                 "caption_dropout", "snr_gamma", "noise_offset", "ema_decay", "seed")
+
+
+def recipe_summary(config) -> dict:
+    """The settings a bundled adapter was trained with, as ``style.json`` lists them per file (the
+    adapter's own header and run record keep every field)."""
+    return {"rank": config.resolved_rank(), **{k: getattr(config, k) for k in RECIPE_FIELDS}}
+
+
 def _relative(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -117,7 +132,7 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
                 config = TrainConfig(train_data_dir=_relative(folder / "images"), output=out, base=base,
                                      trigger=spec.trigger, name=name, description=spec.description,
                                      cache_latents=True, extra={"look": spec.look}, **variant_settings(variant),
-                                     **spec.recipe)
+                                     **spec.recipe_for(base))
                 if steps:
                     config.max_train_steps = steps
                 result = train(config)
@@ -128,10 +143,7 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
                 record.setdefault("files", {})[f"{base}/{variant}"] = {
                     "file": Path(out).name, "mask": config.mask if config.adapter == "shira" else None,
                     "params": result["trainable_params"], "seconds": result["seconds"], "steps": result["steps"],
-                    "final_loss": result["final_loss"]}
-                record["recipe"] = {"rank": config.resolved_rank(), **{k: getattr(config, k) for k in (
-                    "targets", "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler",
-                    "caption_dropout", "snr_gamma", "noise_offset", "seed")}}
+                    "final_loss": result["final_loss"], "recipe": recipe_summary(config)}
                 record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +68,9 @@ class TrainConfig:
     caption_dropout: float = 0.1  # share of captions dropped for guidance (kohya's caption_dropout_rate)
     snr_gamma: float | None = 5.0  # Min-SNR loss weighting (Hang et al. 2023), as diffusers' --snr_gamma
     noise_offset: float = 0.1  # per-channel offset added to the noise, as diffusers' --noise_offset
+    # Saves an exponential moving average of the trained values instead of the last step's
+    # (diffusers' --use_ema, through its EMAModel; its decay warms up as (1+t)/(10+t)).
+    ema_decay: float | None = None
     min_timestep: int = 0  # train on timesteps in [min_timestep, max_timestep), as kohya's flags
     max_timestep: int | None = None  # default: the scheduler's num_train_timesteps
     cache_latents: bool = False
@@ -92,6 +95,8 @@ def _check(config: TrainConfig) -> None:
         raise ShiraError(f"--adapter must be 'shira' or 'lora', got {config.adapter!r}")
     if config.adapter == "lora" and config.density is not None:
         raise ShiraError("--density is for SHiRA; give LoRA a --rank")
+    if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
+        raise ShiraError(f"--ema_decay must lie between 0 and 1, got {config.ema_decay}")
     if config.max_train_steps < 1 or config.train_batch_size < 1 or config.gradient_accumulation_steps < 1:
         raise ShiraError("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
     if not config.output.endswith(".safetensors"):
@@ -226,11 +231,16 @@ def train(config: TrainConfig) -> dict:
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.max_train_steps)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
+    ema = None
+    if config.ema_decay is not None:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=config.ema_decay, foreach=True)
 
     step, losses = 0, []
     if config.resume_from_checkpoint:
         step, losses = _load_checkpoint(config.resume_from_checkpoint, paths["checkpoints"], params, optimizer,
-                                        lr_scheduler, device)
+                                        lr_scheduler, device, ema)
     started = time.time()
     bar = tqdm(total=config.max_train_steps, initial=step, desc=f"training {config.adapter}",
                disable=not (config.progress and accelerator.is_main_process))
@@ -245,18 +255,23 @@ def train(config: TrainConfig) -> dict:
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(params)
         step += 1
         losses.append(_mean_over_ranks(accelerator, total))
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if accelerator.is_main_process:
             if config.checkpointing_steps and step % config.checkpointing_steps == 0 and step < config.max_train_steps:
-                _save_checkpoint(paths["checkpoints"], step, params, optimizer, lr_scheduler, losses)
+                _save_checkpoint(paths["checkpoints"], step, params, optimizer, lr_scheduler, losses, ema)
             if config.validation_prompt and (step % config.validation_steps == 0 or step == config.max_train_steps):
-                _validate(pipe, model, config, paths["validation"], step, size)
+                with _averaged(ema, params):
+                    _validate(pipe, model, config, paths["validation"], step, size)
         accelerator.wait_for_everyone()
     bar.close()
     seconds = time.time() - started
+    if ema is not None:  # the average is the adapter from here on
+        ema.copy_to(params)
     digest = _digest(params)
     rank_digests = [digest]
     if world > 1:  # every rank must hold the same adapter: say so in the log and the record
@@ -333,18 +348,33 @@ def _mean_over_ranks(accelerator, value: float) -> float:
     return float(accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="mean"))
 
 
-def _save_checkpoint(folder, step, params, optimizer, lr_scheduler, losses, keep: int = 2) -> None:
+@contextmanager
+def _averaged(ema, params):
+    """The EMA values in place of the live ones for the duration (validation images)."""
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
+def _save_checkpoint(folder, step, params, optimizer, lr_scheduler, losses, ema=None, keep: int = 2) -> None:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"step-{step:06d}.pt")
     state = {"step": step, "params": [p.detach().cpu() for p in params], "optimizer": optimizer.state_dict(),
-             "lr_scheduler": lr_scheduler.state_dict(), "losses": losses}
+             "lr_scheduler": lr_scheduler.state_dict(), "losses": losses,
+             "ema": ema.state_dict() if ema is not None else None}
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)  # never a half-written checkpoint
     for old in sorted(glob.glob(os.path.join(folder, "step-*.pt")))[:-keep]:
         os.remove(old)
 
 
-def _load_checkpoint(which, folder, params, optimizer, lr_scheduler, device) -> tuple[int, list[float]]:
+def _load_checkpoint(which, folder, params, optimizer, lr_scheduler, device, ema=None) -> tuple[int, list[float]]:
     if which == "latest":
         found = sorted(glob.glob(os.path.join(folder, "step-*.pt")))
         if not found:
@@ -360,6 +390,11 @@ def _load_checkpoint(which, folder, params, optimizer, lr_scheduler, device) -> 
             p.copy_(saved.to(p.device))
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if ema is not None:
+        if state.get("ema") is None:
+            raise ShiraError(f"checkpoint {which} was made without --ema_decay; resume without it")
+        ema.load_state_dict(state["ema"])
+        ema.shadow_params = [p.to(device) for p in ema.shadow_params]
     return state["step"], list(state["losses"])
 
 
@@ -488,6 +523,8 @@ def add_arguments(parser) -> None:
       "paper's choice; 0 turns it off)")
     a("--noise_offset", type=float, default=0.1, help="noise offset (default 0.1; 0 turns it off): lets a style "
       "change overall brightness and color")
+    a("--ema_decay", type=float, help="save an exponential moving average of the trained values with this "
+      "decay (e.g. 0.99; diffusers' EMAModel) instead of the last step's")
     a("--min_timestep", type=int, default=0, help="train on timesteps from this one (kohya's flag; default 0)")
     a("--max_timestep", type=int, help="train on timesteps below this one (kohya's flag; default: all)")
     a("--cache_latents", action="store_true", help="encode every image once (the VAE is frozen)")

@@ -65,14 +65,17 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "STYLES_DIR", tmp_path)
     monkeypatch.setattr(styles, "STYLES_DIR", tmp_path)
     monkeypatch.setattr(generate, "STYLES_DIR", tmp_path)
-    # A style's own recipe overrides the defaults, for every variant.
-    monkeypatch.setitem(styles.STYLES, "pastel", dataclasses.replace(styles.STYLES["pastel"], recipe={"lr_scheduler": "cosine"}))
+    # A style's own recipe overrides the defaults, for every variant; a base's recipe overrides both.
+    monkeypatch.setitem(styles.STYLES, "pastel", dataclasses.replace(
+        styles.STYLES["pastel"], recipe={"lr_scheduler": "cosine", "noise_offset": 0.05},
+        base_recipes={"toy-sd": {"noise_offset": 0.0}, "toy-sdxl": {"noise_offset": 0.2}}))
     styles.build(["pastel"], ["toy-sd"], ["shira", "shira-rand", "lora"], steps=1)
     assert len(list((tmp_path / "pastel" / "images").glob("*.png"))) == styles.IMAGES
     assert (tmp_path / "pastel" / "thumbnail.png").is_file()
     record = json.loads((tmp_path / "pastel" / "style.json").read_text())
     assert record["trigger"] == "qzd" and record["look"] == "pastel"
-    assert record["recipe"]["lr_scheduler"] == "cosine"
+    assert all(f["recipe"]["lr_scheduler"] == "cosine" and f["recipe"]["noise_offset"] == 0.0
+               for f in record["files"].values())
     assert set(record["files"]) == {"toy-sd/shira", "toy-sd/shira-rand", "toy-sd/lora"}
     assert record["files"]["toy-sd/shira-rand"]["mask"] == "rand"
     # Equal parameter count across variants: the comparison is fair.

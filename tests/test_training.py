@@ -208,3 +208,20 @@ def test_dropped_captions_train_what_guidance_feeds_the_unet():
     encoded_pipe = SimpleNamespace(config=SimpleNamespace(force_zeros_for_empty_prompt=False))
     assert _dropped_caption(encoded_pipe, "sdxl", empty) is empty
     assert _dropped_caption(zeros_pipe, "sd", empty) is empty
+
+
+def test_ema_saves_the_average_and_resumes_exactly(bases, data, tmp_path):
+    common = dict(base=bases["sd"], train_data_dir=data, train_batch_size=2, max_train_steps=4, progress=False,
+                  save_dtype="fp32")
+    last = train(TrainConfig(output=str(tmp_path / "last.safetensors"), **common))
+    whole = train(TrainConfig(output=str(tmp_path / "a.safetensors"), ema_decay=0.9, **common))
+    # Same steps, so the live values end where they did without EMA; the file holds their average.
+    assert whole["sha256"] != last["sha256"]
+    assert json.loads((tmp_path / "a.json").read_text())["recipe"]["ema_decay"] == 0.9
+    second = dict(common, output=str(tmp_path / "b.safetensors"), checkpointing_steps=2, ema_decay=0.9)
+    with pytest.raises(_Interrupted):
+        train_until(TrainConfig(**second), stop_after=2)
+    resumed = train(TrainConfig(resume_from_checkpoint="latest", **second))
+    assert resumed["sha256"] == whole["sha256"]
+    with pytest.raises(ShiraError, match="ema_decay"):
+        train(TrainConfig(output=str(tmp_path / "c.safetensors"), ema_decay=1.5, **common))
