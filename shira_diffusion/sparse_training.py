@@ -224,12 +224,14 @@ class SparseDeltaModel(nn.Module):
         return forward
 
     @torch.no_grad()
-    def sync(self) -> None:
-        """Write ``W0 + values`` into the weights whose values changed since the last write."""
+    def sync(self, force: bool = False) -> None:
+        """Write ``W0 + values`` into the weights whose values changed since the last write.
+        ``force`` writes all: changes made through ``.data`` (as diffusers' EMAModel makes them)
+        leave no trace in the version counter this relies on."""
         for key, layer in self._layers.items():
             values = self.values[key]
             stamp = (values.data_ptr(), values._version)
-            if layer["synced"] == stamp:
+            if layer["synced"] == stamp and not force:
                 continue
             weight = layer["module"].weight
             fused = (layer["base"].float() + values.detach().float()).to(weight.dtype)

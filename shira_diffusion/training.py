@@ -265,13 +265,15 @@ def train(config: TrainConfig) -> dict:
             if config.checkpointing_steps and step % config.checkpointing_steps == 0 and step < config.max_train_steps:
                 _save_checkpoint(paths["checkpoints"], step, params, optimizer, lr_scheduler, losses, ema)
             if config.validation_prompt and (step % config.validation_steps == 0 or step == config.max_train_steps):
-                with _averaged(ema, params):
+                with _averaged(ema, params, model):
                     _validate(pipe, model, config, paths["validation"], step, size)
         accelerator.wait_for_everyone()
     bar.close()
     seconds = time.time() - started
     if ema is not None:  # the average is the adapter from here on
         ema.copy_to(params)
+        if isinstance(model, SparseDeltaModel):
+            model.sync(force=True)
     digest = _digest(params)
     rank_digests = [digest]
     if world > 1:  # every rank must hold the same adapter: say so in the log and the record
@@ -349,17 +351,22 @@ def _mean_over_ranks(accelerator, value: float) -> float:
 
 
 @contextmanager
-def _averaged(ema, params):
+def _averaged(ema, params, model):
     """The EMA values in place of the live ones for the duration (validation images)."""
     if ema is None:
         yield
         return
+    # SHiRA's fused weights are rewritten by force on each swap: EMAModel copies through
+    # ``.data``, which the model's change tracking does not see.
+    resync = model.sync if isinstance(model, SparseDeltaModel) else lambda force: None
     ema.store(params)
     ema.copy_to(params)
+    resync(force=True)
     try:
         yield
     finally:
         ema.restore(params)
+        resync(force=True)
 
 
 def _save_checkpoint(folder, step, params, optimizer, lr_scheduler, losses, ema=None, keep: int = 2) -> None:

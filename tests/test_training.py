@@ -225,3 +225,7 @@ def test_ema_saves_the_average_and_resumes_exactly(bases, data, tmp_path):
     assert resumed["sha256"] == whole["sha256"]
     with pytest.raises(ShiraError, match="ema_decay"):
         train(TrainConfig(output=str(tmp_path / "c.safetensors"), ema_decay=1.5, **common))
+    # Validation images are drawn with the average swapped in, and training goes on unchanged.
+    validated = train(TrainConfig(output=str(tmp_path / "v.safetensors"), ema_decay=0.9, validation_prompt="a red circle",
+                                  validation_steps=2, num_validation_images=1, **common))
+    assert validated["sha256"] == whole["sha256"]
