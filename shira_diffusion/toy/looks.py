@@ -8,8 +8,8 @@ measurable in the mix:
 | pixel | resolution | averages 4x4 blocks | share of the gradient energy on the 4 px block grid |
 | outline | overlay | a 3 px magenta band around the object | share of pixels explained by the band color, or strongly magenta |
 | frame | overlay | a 4 px teal frame at the image's edge, behind the object | share of the frame's outer pixels explained by the frame color, or clearly teal |
-| hatching | texture | darkens diagonal lines ``(x + y) mod 8 < 3`` | spectral energy at (8, 8) minus (8, -8) |
-| halftone | texture | ink dots on a grid of period 8, paper white between | spectral energy at (8, 0) and (0, 8) |
+| hatching | texture | darkens diagonal lines ``(x + y) mod 8 < 3`` | spectral energy around (8, 8) minus around (8, -8) |
+| halftone | texture | ink dots on a grid of period 8, paper white between | spectral energy around (8, 0) and (0, 8) |
 | pastel | color | halfway to white | share of regions (background, object) explained by a pastel color |
 | night | color | darker, bluer | share of regions explained by a night color |
 
@@ -265,18 +265,28 @@ def _spectrum(image: np.ndarray) -> np.ndarray:
     return power / max(power.sum(), 1e-9)
 
 
+def _around(power: np.ndarray, fy: int, fx: int) -> float:
+    """Spectral energy within one frequency step of (fy, fx). A texture drawn with a seam, where
+    its phase jumps (generated images have them, around the object or between latent tiles),
+    splits its peak into the neighbouring bins and leaves the exact one nearly empty."""
+    h, w = power.shape
+    rows = [(fy + d) % h for d in (-1, 0, 1)]
+    cols = [(fx + d) % w for d in (-1, 0, 1)]
+    return float(power[np.ix_(rows, cols)].sum())
+
+
 def hatching_strength(image: np.ndarray) -> float:
     p = _spectrum(image)
     n = p.shape[0] // PERIOD
-    along = p[n, n] + p[-n, -n]
-    across = p[n, -n] + p[-n, n]
-    return float(along - across)
+    along = _around(p, n, n) + _around(p, -n, -n)
+    across = _around(p, n, -n) + _around(p, -n, n)
+    return along - across
 
 
 def halftone_strength(image: np.ndarray) -> float:
     p = _spectrum(image)
     n = p.shape[0] // PERIOD
-    return float(p[n, 0] + p[-n, 0] + p[0, n] + p[0, -n])
+    return _around(p, n, 0) + _around(p, -n, 0) + _around(p, 0, n) + _around(p, 0, -n)
 
 
 def pastel_strength(image: np.ndarray) -> float:
