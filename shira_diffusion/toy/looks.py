@@ -9,7 +9,7 @@ measurable in the mix:
 | outline | overlay | a 3 px magenta band around the object | share of pixels explained by the band color, or strongly magenta |
 | frame | overlay | a 4 px teal frame at the image's edge, behind the object | share of the frame's outer pixels explained by the frame color, or clearly teal |
 | hatching | texture | darkens diagonal lines ``(x + y) mod 8 < 3`` | spectral energy around (8, 8) minus around (8, -8) |
-| halftone | texture | ink dots on a grid of period 8, paper white between | spectral energy around (8, 0) and (0, 8) |
+| halftone | texture | ink dots on a grid of period 8, paper white between | spectral energy at (8, 0) and (0, 8) and their sideways neighbours |
 | pastel | color | halfway to white | share of regions (background, object) explained by a pastel color |
 | night | color | darker, bluer | share of regions explained by a night color |
 
@@ -265,14 +265,15 @@ def _spectrum(image: np.ndarray) -> np.ndarray:
     return power / max(power.sum(), 1e-9)
 
 
-def _around(power: np.ndarray, fy: int, fx: int) -> float:
-    """Spectral energy within one frequency step of (fy, fx). A texture drawn with a seam, where
+NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def _around(power: np.ndarray, fy: int, fx: int, offsets=NEIGHBOURS) -> float:
+    """Spectral energy at (fy, fx) and at ``offsets`` from it. A texture drawn with a seam, where
     its phase jumps (generated images have them, around the object or between latent tiles),
     splits its peak into the neighbouring bins and leaves the exact one nearly empty."""
     h, w = power.shape
-    rows = [(fy + d) % h for d in (-1, 0, 1)]
-    cols = [(fx + d) % w for d in (-1, 0, 1)]
-    return float(power[np.ix_(rows, cols)].sum())
+    return float(sum(power[(fy + dy) % h, (fx + dx) % w] for dy, dx in offsets))
 
 
 def hatching_strength(image: np.ndarray) -> float:
@@ -284,9 +285,14 @@ def hatching_strength(image: np.ndarray) -> float:
 
 
 def halftone_strength(image: np.ndarray) -> float:
+    """Energy of the grid's two frequencies and of their sideways neighbours only: a step along a
+    frequency is a period of 7 or 9 px, which the toy world's generic dots and stripes use and
+    halftone's 8 must stay apart from (no generic look comes near hatching's diagonal)."""
     p = _spectrum(image)
     n = p.shape[0] // PERIOD
-    return _around(p, n, 0) + _around(p, -n, 0) + _around(p, 0, n) + _around(p, 0, -n)
+    sideways_of_rows, sideways_of_cols = [(0, -1), (0, 0), (0, 1)], [(-1, 0), (0, 0), (1, 0)]
+    return (_around(p, n, 0, sideways_of_rows) + _around(p, -n, 0, sideways_of_rows)
+            + _around(p, 0, n, sideways_of_cols) + _around(p, 0, -n, sideways_of_cols))
 
 
 def pastel_strength(image: np.ndarray) -> float:
