@@ -272,8 +272,6 @@ def train(config: TrainConfig) -> dict:
     seconds = time.time() - started
     if ema is not None:  # the average is the adapter from here on
         ema.copy_to(params)
-        if isinstance(model, SparseDeltaModel):
-            model.sync(force=True)
     digest = _digest(params)
     rank_digests = [digest]
     if world > 1:  # every rank must hold the same adapter: say so in the log and the record
@@ -294,7 +292,7 @@ def train(config: TrainConfig) -> dict:
         recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress", "extra", "output")}
         recipe.update(config.extra, seconds=record["seconds"])
         if config.adapter == "shira":
-            model.sync()
+            model.sync(force=True)  # force: an EMA copy above is invisible to change tracking
             adapter = model.adapter(dtype=_DTYPES[config.save_dtype], mask=config.mask, trigger=config.trigger,
                                     name=config.name or _stem(config.output), description=config.description,
                                     recipe=recipe)
@@ -400,8 +398,7 @@ def _load_checkpoint(which, folder, params, optimizer, lr_scheduler, device, ema
     if ema is not None:
         if state.get("ema") is None:
             raise ShiraError(f"checkpoint {which} was made without --ema_decay; resume without it")
-        ema.load_state_dict(state["ema"])
-        ema.shadow_params = [p.to(device) for p in ema.shadow_params]
+        ema.load_state_dict(state["ema"])  # already on ``device`` through map_location
     return state["step"], list(state["losses"])
 
 
