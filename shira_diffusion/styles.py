@@ -104,7 +104,7 @@ def write_training_set(spec: StyleSpec, folder: Path) -> None:
 
 
 RECIPE_FIELDS = ("targets", "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler",
-                 "caption_dropout", "snr_gamma", "noise_offset", "ema_decay", "seed")
+                 "caption_dropout", "snr_gamma", "noise_offset", "ema_decay", "guided_loss_scale", "seed")
 
 
 def recipe_summary(config) -> dict:

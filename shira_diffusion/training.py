@@ -71,6 +71,10 @@ class TrainConfig:
     # Saves an exponential moving average of the trained values instead of the last step's
     # (diffusers' --use_ema, through its EMAModel; its decay warms up as (1+t)/(10+t)).
     ema_decay: float | None = None
+    # Also trains the prediction classifier-free guidance will make at this scale, u + s * (c - u),
+    # against the same target (one more forward on the empty caption per image): a look that the
+    # guided extrapolation washes out (a dark palette comes out bright at 5) is taught to survive it.
+    guided_loss_scale: float | None = None
     min_timestep: int = 0  # train on timesteps in [min_timestep, max_timestep), as kohya's flags
     max_timestep: int | None = None  # default: the scheduler's num_train_timesteps
     cache_latents: bool = False
@@ -97,6 +101,8 @@ def _check(config: TrainConfig) -> None:
         raise ShiraError("--density is for SHiRA; give LoRA a --rank")
     if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
         raise ShiraError(f"--ema_decay must lie between 0 and 1, got {config.ema_decay}")
+    if config.guided_loss_scale is not None and config.guided_loss_scale <= 1.0:
+        raise ShiraError(f"--guided_loss_scale must be above 1 (a guidance scale), got {config.guided_loss_scale}")
     if config.max_train_steps < 1 or config.train_batch_size < 1 or config.gradient_accumulation_steps < 1:
         raise ShiraError("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
     if not config.output.endswith(".safetensors"):
@@ -150,8 +156,15 @@ def train(config: TrainConfig) -> dict:
             cached = [pipe.vae.encode(data.image(i)[None].to(device)).latent_dist.mode() * scaling
                       for i in range(len(data))]
 
-    def batch(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Latents, embeddings and added conditions of this rank's part of the global batch."""
+    def conditioning(captions: list) -> tuple[torch.Tensor, dict]:
+        embeds = torch.cat([text[c][0] for c in captions])
+        if family != "sdxl":
+            return embeds, {}
+        return embeds, {"added_cond_kwargs": {k: torch.cat([text[c][1]["added_cond_kwargs"][k] for c in captions])
+                                              for k in ("text_embeds", "time_ids")}}
+
+    def batch(step: int, micro: int) -> tuple[torch.Tensor, list]:
+        """Latents and captions (None: dropped) of this rank's part of the global batch."""
         rng = np.random.default_rng([config.seed, step, micro])
         picks = rng.integers(0, len(data), size=config.train_batch_size * world)[rank::world]
         flips = rng.random(len(picks) * world)[rank::world] < 0.5 if config.random_flip else [False] * len(picks)
@@ -164,16 +177,21 @@ def train(config: TrainConfig) -> dict:
         # Some captions are dropped so that the unconditional prediction learns the style too:
         # otherwise classifier-free guidance, which extrapolates away from it, cancels the style.
         dropped = rng.random(len(picks) * world)[rank::world] < config.caption_dropout
-        captions = [None if d else data.captions[i] for i, d in zip(picks, dropped)]
-        embeds = torch.cat([text[c][0] for c in captions])
-        extra = {}
-        if family == "sdxl":
-            extra = {"added_cond_kwargs": {k: torch.cat([text[c][1]["added_cond_kwargs"][k] for c in captions])
-                                           for k in ("text_embeds", "time_ids")}}
-        return latents, embeds, extra
+        return latents, [None if d else data.captions[i] for i, d in zip(picks, dropped)]
+
+    def weighted_mse(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if not config.snr_gamma:
+            return per_image.mean()
+        # Min-SNR-gamma: low-noise steps (fine detail) stop dominating the loss, so the
+        # high-noise steps that set colors and layout get their share.
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.clamp(snr, max=config.snr_gamma)
+        weights = weights / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else weights / snr
+        return (per_image * weights).mean()
 
     def loss_of(model, step: int, micro: int) -> torch.Tensor:
-        latents, embeds, extra = batch(step, micro)
+        latents, captions = batch(step, micro)
         generator = torch.Generator(device=device).manual_seed(hash_seed(config.seed, step, micro, rank))
         noise = torch.randn(latents.shape, generator=generator, device=device)
         if config.noise_offset:
@@ -188,17 +206,19 @@ def train(config: TrainConfig) -> dict:
             target = noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
+        guided = config.guided_loss_scale is not None
+        if guided:  # the unconditional predictions ride in the same batch, as in the pipelines
+            captions = captions + [None] * len(captions)
+            noisy, timesteps = torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps])
+        embeds, extra = conditioning(captions)
         with accelerator.autocast():
             pred = model(noisy, timesteps, embeds, **extra).sample
-        if not config.snr_gamma:
-            return F.mse_loss(pred.float(), target.float())
-        # Min-SNR-gamma: low-noise steps (fine detail) stop dominating the loss, so the
-        # high-noise steps that set colors and layout get their share.
-        snr = compute_snr(noise_scheduler, timesteps)
-        weights = torch.clamp(snr, max=config.snr_gamma)
-        weights = weights / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else weights / snr
-        per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_image * weights).mean()
+        if not guided:
+            return weighted_mse(pred, target, timesteps)
+        cond, uncond = pred.chunk(2)
+        timesteps = timesteps[: len(cond)]
+        guided_pred = uncond + config.guided_loss_scale * (cond - uncond)
+        return 0.5 * (weighted_mse(cond, target, timesteps) + weighted_mse(guided_pred, target, timesteps))
 
     # The trainable part.
     rank_or_none = config.resolved_rank()
@@ -527,6 +547,8 @@ def add_arguments(parser) -> None:
       "paper's choice; 0 turns it off)")
     a("--noise_offset", type=float, default=0.1, help="noise offset (default 0.1; 0 turns it off): lets a style "
       "change overall brightness and color")
+    a("--guided_loss_scale", type=float, help="also train the prediction classifier-free guidance makes at "
+      "this scale against the target (e.g. 5; one more forward per image): for looks that guidance washes out")
     a("--ema_decay", type=float, help="save an exponential moving average of the trained values with this "
       "decay (e.g. 0.99; diffusers' EMAModel) instead of the last step's")
     a("--min_timestep", type=int, default=0, help="train on timesteps from this one (kohya's flag; default 0)")

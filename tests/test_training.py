@@ -229,3 +229,15 @@ def test_ema_saves_the_average_and_resumes_exactly(bases, data, tmp_path):
     validated = train(TrainConfig(output=str(tmp_path / "v.safetensors"), ema_decay=0.9, validation_prompt="a red circle",
                                   validation_steps=2, num_validation_images=1, **common))
     assert validated["sha256"] == whole["sha256"]
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_guided_loss_trains_both_families_and_is_recorded(bases, data, tmp_path, family):
+    common = dict(save_dtype="fp32", caption_dropout=0.5)
+    plain = train(_config(bases[family], data, tmp_path / "plain.safetensors", **common))
+    guided = train(_config(bases[family], data, tmp_path / "guided.safetensors", guided_loss_scale=5.0, **common))
+    # Same batches and noise; the guided prediction's error is added, so the values differ.
+    assert guided["sha256"] != plain["sha256"]
+    assert json.loads((tmp_path / "guided.json").read_text())["recipe"]["guided_loss_scale"] == 5.0
+    with pytest.raises(ShiraError, match="guided_loss_scale"):
+        train(_config(bases[family], data, tmp_path / "bad.safetensors", guided_loss_scale=1.0))
