@@ -18,6 +18,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _guidance(text: str) -> float | str:
+    if text == "recommended":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'recommended', got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -104,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev_styles.add_argument("--prompts", type=_positive_int, default=100,
                            help="how many of the 100 reserved held-out prompts (default: all)")
     ev_styles.add_argument("--steps", type=_positive_int, default=20)
-    ev_styles.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
+    ev_styles.add_argument("--guidance", type=_guidance, default=5.0, help="classifier-free guidance scale (default "
+                           "5), or 'recommended': each adapter's own, from its style's style.json")
     ev_styles.add_argument("--sheet", help="write a PNG with the first 8 images of every row (plain, each adapter)")
     ev_styles.add_argument("--json", action="store_true")
 
@@ -158,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=_positive_int, default=20)
-    gen.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: a single bundled "
+                     "style's recommended one, from its style.json; else 5)")
     gen.add_argument(
         "--style", action="append", default=[], metavar="FILE_OR_NAME[=WEIGHT]",
         help="fuse a style adapter (repeatable: a mix); its trigger word is added to the prompt",
@@ -189,13 +200,18 @@ def _cmd_generate(args) -> None:
                 prompts = [line.strip() for line in handle if line.strip()]
         except OSError as exc:
             raise ShiraError(f"cannot read prompts file: {exc}") from None
+    from .recommended import default_guidance
+
     styles = [parse_style(s) for s in args.style]
+    base_name = os.path.basename(os.path.normpath(args.base))
+    guidance = args.guidance if args.guidance is not None else default_guidance(styles, base_name)
+    if args.guidance is None and guidance != 5.0:
+        print(f"guidance {guidance:g}: recommended for {styles[0][0]} on {base_name} (style.json; --guidance sets it)",
+              file=sys.stderr)
     pipe = load_pipeline(args.base, single_file_config=args.config)
     pipe.set_progress_bar_config(disable=True)
-    images = generate(
-        pipe, prompts, seed=args.seed, steps=args.steps, guidance_scale=args.guidance,
-        styles=styles, base_name=os.path.basename(os.path.normpath(args.base)),
-    )
+    images = generate(pipe, prompts, seed=args.seed, steps=args.steps, guidance_scale=guidance, styles=styles,
+                      base_name=base_name)
     if args.prompt is not None:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         images[0].save(args.out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -59,18 +60,40 @@ def held_out_prompts(count: int = HELD_OUT) -> list[dict]:
 
 
 def generate_batched(pipe, prompts: Sequence[str], steps: int = 20, guidance_scale: float = 5.0,
-                     batch_size: int = 10, desc: str = "") -> list[np.ndarray]:
-    """Image i with seed i, generated ``batch_size`` at a time (one generator per image)."""
+                     batch_size: int = 10, desc: str = "", seeds: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Image i with seed i (or ``seeds[i]``), ``batch_size`` at a time (one generator per image)."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     images = []
     with torch.no_grad():
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
             chunk = list(prompts[start : start + batch_size])
-            generators = [torch.Generator().manual_seed(start + i) for i in range(len(chunk))]
+            generators = [torch.Generator().manual_seed(seed) for seed in seeds[start : start + len(chunk)]]
             out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
                        generator=generators, output_type="np")
             images.extend((out.images * 255).round().astype(np.uint8))
     return images
+
+
+@contextmanager
+def applied_adapter(pipe, bank: StyleBank, path, kind: str):
+    """A bundled adapter file in use on ``pipe`` inside the block: SHiRA fused through ``bank``,
+    LoRA loaded through diffusers (as users load it); removed again afterwards."""
+    from .styles import variant_settings
+
+    if variant_settings(kind)["adapter"] == "shira":
+        bank.load(str(path), name="evaluated")
+        try:
+            with bank.use({"evaluated": 1.0}):
+                yield
+        finally:
+            bank.remove("evaluated")
+    else:
+        pipe.load_lora_weights(str(path), adapter_name="evaluated")
+        try:
+            yield
+        finally:
+            pipe.delete_adapters("evaluated")
 
 
 def style_strength(images: Sequence[np.ndarray], look: str) -> float:
@@ -93,24 +116,41 @@ def vae_ceiling(pipe, look: str, count: int = 100, seed: int = 7, batch_size: in
 
 
 def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequence[str] | None = None,
-                count: int = 100, steps: int = 20, sheet: str | None = None, guidance_scale: float = 5.0) -> dict:
+                count: int = 100, steps: int = 20, sheet: str | None = None,
+                guidance_scale: float | str = 5.0) -> dict:
     """For each bundled style and adapter variant (``styles.VARIANTS``; default: every one whose
     file exists) on ``base``: strength, content accuracy and its drop from the base's own, the
-    VAE's ceiling for the look, training time, parameters, file size. ``sheet``: a PNG path for
-    the first images of every row (plain, then each style and variant), labelled."""
+    VAE's ceiling for the look, training time, parameters, file size. ``guidance_scale``: a scale,
+    or ``"recommended"``: each adapter's own from ``style.json`` (``recommended.py``; 5 where
+    there is none), its content drop taken against the base's own at that scale. ``sheet``: a PNG
+    path for the first images of every row (plain, then each style and variant), labelled."""
     from .bases import load_pipeline
-    from .styles import STYLES, VARIANTS, adapter_path, variant_settings
+    from .recommended import DEFAULT_GUIDANCE, recorded_guidance
+    from .styles import STYLES, VARIANTS, adapter_path
 
+    per_adapter = guidance_scale == "recommended"
+    if not per_adapter and not isinstance(guidance_scale, (int, float)):
+        raise ShiraError(f"guidance must be a number or 'recommended', got {guidance_scale!r}")
     pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)
     expected = held_out_prompts(count)
     prompts = [e["prompt"] for e in expected]
-    plain = generate_batched(pipe, prompts, steps, guidance_scale, desc=f"{base}: plain")
+    plain_content: dict[float, float] = {}
+
+    def plain_at(g: float) -> float:
+        if g not in plain_content:
+            images = generate_batched(pipe, prompts, steps, g, desc=f"{base}: plain g{g:g}")
+            plain_content[g] = content_scores(images, expected)["all"]
+            plain_images.setdefault("first", images)
+        return plain_content[g]
+
+    plain_images: dict[str, list] = {}
+    default = DEFAULT_GUIDANCE if per_adapter else float(guidance_scale)
     result = {"base": base, "prompts": count, "steps": steps, "guidance_scale": guidance_scale,
-              "plain": {"content": content_scores(plain, expected)["all"],
-                        "looks": {name: style_strength(plain, STYLES[name].look) for name in (styles or STYLES)}},
-              "styles": {}}
-    rows = {"plain": plain[:SHEET_COLUMNS]}
+              "plain": {"content": plain_at(default)}, "styles": {}}
+    result["plain"]["looks"] = {name: style_strength(plain_images["first"], STYLES[name].look)
+                                for name in (styles or STYLES)}
+    rows = {"plain": plain_images["first"][:SHEET_COLUMNS]}
     bank = StyleBank(pipe.unet)
     result["ceiling"] = {}
     for name in styles or list(STYLES):
@@ -123,26 +163,22 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
             path = adapter_path(name, base, kind)
             if not path.is_file():
                 continue
-            if variant_settings(kind)["adapter"] == "shira":
-                bank.load(str(path), name=f"{name}-{kind}")
-                with bank.use({f"{name}-{kind}": 1.0}):
-                    images = generate_batched(pipe, triggered, steps, guidance_scale, desc=f"{base}: {name} {kind}")
-                bank.remove(f"{name}-{kind}")
-            else:
-                pipe.load_lora_weights(str(path), adapter_name=f"{name}_{kind}")
-                images = generate_batched(pipe, triggered, steps, guidance_scale, desc=f"{base}: {name} {kind}")
-                pipe.delete_adapters(f"{name}_{kind}")
-            rows[f"{name} {kind}"] = images[:SHEET_COLUMNS]
+            g = (recorded_guidance(name, base, kind) or DEFAULT_GUIDANCE) if per_adapter else default
+            with applied_adapter(pipe, bank, path, kind):
+                images = generate_batched(pipe, triggered, steps, g, desc=f"{base}: {name} {kind} g{g:g}")
+            rows[f"{name} {kind}" + (f" g{g:g}" if per_adapter else "")] = images[:SHEET_COLUMNS]
             info = files.get(f"{base}/{kind}", {})
             content = content_scores(images, expected, looks=[spec.look])["all"]
             result["styles"][f"{name}/{kind}"] = {
-                "style": name, "adapter": kind, "mask": info.get("mask"), "strength": style_strength(images, spec.look),
-                "content": content, "content_drop": result["plain"]["content"] - content,
-                "params": info.get("params"), "train_seconds": info.get("seconds"),
-                "file_mb": round(os.path.getsize(path) / 2**20, 3),
+                "style": name, "adapter": kind, "mask": info.get("mask"), "guidance": g,
+                "strength": style_strength(images, spec.look), "content": content,
+                "content_drop": plain_at(g) - content, "params": info.get("params"),
+                "train_seconds": info.get("seconds"), "file_mb": round(os.path.getsize(path) / 2**20, 3),
             }
+    result["plain_by_guidance"] = {f"{g:g}": c for g, c in sorted(plain_content.items())}
     if sheet:
-        save_sheet(rows, sheet, title=f"{base}: held-out prompts, image i with seed i, guidance {guidance_scale:g}")
+        which = "each adapter's recommended guidance" if per_adapter else f"guidance {default:g}"
+        save_sheet(rows, sheet, title=f"{base}: held-out prompts, image i with seed i, {which}")
     return result
 
 
@@ -173,15 +209,20 @@ def save_sheet(rows: dict[str, Sequence[np.ndarray]], path: str, title: str = ""
 
 
 def format_styles_table(result: dict) -> str:
-    lines = [(f"base {result['base']}: plain content {result['plain']['content']:.1%} on {result['prompts']} prompts "
-              f"(guidance {result.get('guidance_scale', 5.0):g}); "
-              "VAE ceiling = strength / content of rendered styled scenes after the base's VAE"),
-             "| style | adapter | strength | content | drop | VAE ceiling | params | train s | file MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    guidance = result.get("guidance_scale", 5.0)
+    if guidance == "recommended":
+        plain = ", ".join(f"{c:.1%} at {g}" for g, c in result.get("plain_by_guidance", {}).items())
+        head = f"base {result['base']}: plain content {plain} on {result['prompts']} prompts (each adapter at its recommended guidance)"
+    else:
+        head = f"base {result['base']}: plain content {result['plain']['content']:.1%} on {result['prompts']} prompts (guidance {guidance:g})"
+    lines = [head + "; VAE ceiling = strength / content of rendered styled scenes after the base's VAE",
+             "| style | adapter | guidance | strength | content | drop | VAE ceiling | params | train s | file MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["styles"].values():
         ceiling = result.get("ceiling", {}).get(r["style"])
         ceiling_text = f"{ceiling['strength']:.0%} / {ceiling['content']:.0%}" if ceiling else "?"
-        lines.append(f"| {r['style']} | {r['adapter']} | {r['strength']:.0%} | {r['content']:.0%} | "
+        guidance = r.get("guidance", result.get("guidance_scale", 5.0))
+        lines.append(f"| {r['style']} | {r['adapter']} | {guidance:g} | {r['strength']:.0%} | {r['content']:.0%} | "
                      f"{-r['content_drop'] * 100:+.0f} pt | {ceiling_text} | {r['params'] or '?'} | "
                      f"{r['train_seconds'] or '?'} | {r['file_mb']} |")
     return "\n".join(lines)

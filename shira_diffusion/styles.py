@@ -161,9 +161,25 @@ def main(argv=None) -> None:
     b.add_argument("--adapter", action="append", dest="variants", choices=VARIANTS,
                    help=f"default: {' and '.join(BUILT_BY_DEFAULT)}; shira-<mask> trains SHiRA with another mask")
     b.add_argument("--steps", type=int, help="override the default number of training steps")
+    r = commands.add_parser("recommend", help="choose each adapter's guidance on validation prompts (recommended.py)")
+    r.add_argument("--style", action="append", choices=sorted(STYLES), help="default: all")
+    r.add_argument("--base", action="append", help="default: toy-sd and toy-sdxl")
+    r.add_argument("--adapter", action="append", dest="variants", choices=VARIANTS,
+                   help=f"default: {' and '.join(BUILT_BY_DEFAULT)}")
+    r.add_argument("--prompts", type=int, default=50, help="validation prompts per style (default 50)")
+    r.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
     args = parser.parse_args(argv)
-    build(args.style or list(STYLES), args.base or ["toy-sd", "toy-sdxl"], args.variants or BUILT_BY_DEFAULT,
-          args.steps)
+    if args.command == "build":
+        build(args.style or list(STYLES), args.base or ["toy-sd", "toy-sdxl"], args.variants or BUILT_BY_DEFAULT,
+              args.steps)
+        return
+    from .recommended import format_recommendations, recommend
+
+    for base in args.base or ["toy-sd", "toy-sdxl"]:
+        result = recommend(base, args.style or list(STYLES), args.variants or BUILT_BY_DEFAULT, count=args.prompts)
+        print(format_recommendations(result))
+        if args.json:
+            print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -93,3 +93,32 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     assert result["ceiling"]["pastel"]["strength"] == 1.0
     table = format_styles_table(result)
     assert "shira-rand" in table and "100% /" in table
+
+    # Recommended guidance: measured on validation prompts (neither reserved nor trained on),
+    # written into style.json, used by `eval styles --guidance recommended` and by generate.
+    from shira_diffusion import recommended
+
+    monkeypatch.setattr(recommended, "STYLES_DIR", tmp_path)
+    validation = recommended.validation_prompts("pastel", count=200)
+    captions = {f.read_text().strip() for f in (tmp_path / "pastel" / "images").glob("*.txt")}
+    assert validation and not set(validation) & (captions | set(evaluate.reserved_prompts()))
+    chosen = recommended.recommend("toy-sd", ["pastel"], ["shira", "lora"], count=2, steps=2, candidates=(5.0, 2.0))
+    entry = json.loads((tmp_path / "pastel" / "style.json").read_text())["files"]["toy-sd/shira"]
+    assert entry["guidance"] == chosen["adapters"]["pastel/shira"]["guidance"] in (5.0, 2.0)
+    assert set(entry["guidance_validation"]) == {"prompts", "5", "2"} and entry["recipe"]  # the build's entry kept
+    assert "pastel/lora" in recommended.format_recommendations(chosen)
+    assert recommended.default_guidance([("pastel", 1.0)], "toy-sd") == entry["guidance"]
+    assert recommended.default_guidance([("pastel", 1.0), ("night", 1.0)], "toy-sd") == 5.0
+    per_adapter = eval_styles("toy-sd", ["pastel"], ["shira", "lora"], count=2, steps=2, guidance_scale="recommended")
+    assert per_adapter["styles"]["pastel/shira"]["guidance"] == entry["guidance"]
+    assert "5" in per_adapter["plain_by_guidance"] and "recommended" in format_styles_table(per_adapter)
+
+
+def test_recommended_guidance_prefers_the_default_side_among_those_meeting_the_targets():
+    from shira_diffusion.recommended import choose
+
+    row = lambda strength, drop: {"strength": strength, "content_drop": drop}  # noqa: E731
+    assert choose({5.0: row(0.95, 0.02), 3.0: row(0.99, 0.01)}) == 5.0  # both meet: the higher guidance
+    assert choose({5.0: row(0.50, 0.02), 2.0: row(0.92, 0.08), 1.0: row(0.97, 0.09)}) == 2.0
+    assert choose({5.0: row(0.50, 0.02), 2.0: row(0.80, 0.08), 1.0: row(0.97, 0.20)}) == 2.0  # strongest within
+    assert choose({5.0: row(0.99, 0.30), 2.0: row(0.99, 0.40)}) == 5.0  # none keeps content: the default

@@ -76,26 +76,6 @@ def test_dataset_writer(tmp_path):
     assert again == [open(p[:-4] + ".txt").read() for p in paths]
 
 
-def test_balanced_dataset_gives_every_background_and_shape_its_share(tmp_path):
-    from collections import Counter
-
-    from shira_diffusion.toy.world import balanced_choices
-
-    rng = np.random.default_rng(0)
-    choices = balanced_choices(rng, 50)
-    for key, values in (("background", COLORS), ("shape", SHAPES), ("color", COLORS)):
-        counts = Counter(c[key] for c in choices)
-        assert set(counts) == set(values) and max(counts.values()) - min(counts.values()) <= 1, key
-    assert all(c["color"] != c["background"] for c in choices)
-    # Excluded prompts are replaced by another object color on the same background.
-    excluded = {open(p[:-4] + ".txt").read().strip() for p in write_dataset(tmp_path / "all", 40, seed=1)}
-    paths = write_dataset(tmp_path / "b", 40, seed=1, exclude=excluded, balanced=True)
-    captions = [open(p[:-4] + ".txt").read().strip() for p in paths]
-    assert not set(captions) & excluded
-    backgrounds = Counter(parse_prompt(c)["background"] for c in captions)
-    assert max(backgrounds.values()) - min(backgrounds.values()) <= 1
-
-
 def _rounded_square(size: int, corner: int) -> np.ndarray:
     """A filled square with corners rounded to ``corner`` px, in a 64 x 64 mask."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]

@@ -112,60 +112,23 @@ def render(scene: Scene) -> np.ndarray:
     return np.round(coverage * fg + (1 - coverage) * bg).astype(np.uint8)
 
 
-def balanced_choices(rng: np.random.Generator, count: int) -> list[dict]:
-    """Background, color and shape for ``count`` scenes, each value as often as the others (within
-    one): a random draw of 50 scenes can hold a background twice and another eleven times, and a
-    style learned from it then fails on the rare one (white under night: 2 of 50 images)."""
-
-    def cycle(values) -> list:
-        out = []
-        while len(out) < count:
-            out.extend(rng.permutation(len(values)).tolist())
-        return [values[i] for i in out[:count]]
-
-    names = list(COLORS)
-    backgrounds, shapes = cycle(names), cycle(SHAPES)
-    colors = cycle(names)
-    for i in range(count):  # an object never takes its background's color: swap with a later pick
-        if colors[i] == backgrounds[i]:
-            j = next((j for j in range(i + 1, count) if colors[j] != backgrounds[i] and colors[i] != backgrounds[j]), None)
-            if j is None:
-                colors[i] = names[(names.index(colors[i]) + 1) % len(names)]
-            else:
-                colors[i], colors[j] = colors[j], colors[i]
-    return [{"background": b, "color": c, "shape": s} for b, c, s in zip(backgrounds, colors, shapes)]
-
-
 def write_dataset(directory: str | os.PathLike, count: int, seed: int = 0, style: str | None = None, look=None,
-                  exclude: Collection[str] = (), balanced: bool = False) -> list[str]:
+                  exclude: Collection[str] = ()) -> list[str]:
     """Write ``count`` images with same-name ``.txt`` captions (the layout training scripts read).
 
     ``look`` (image -> image) restyles each image; ``style`` is appended to its caption; scenes
-    whose prompt is in ``exclude`` are skipped (a balanced scene keeps its colors and shape and
-    moves); ``balanced`` gives every background, color and shape the same share. Returns the
-    image paths.
+    whose prompt is in ``exclude`` are skipped. Returns the image paths.
     """
     from PIL import Image
 
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
-    choices = balanced_choices(rng, count) if balanced else [{}] * count
     paths = []
     excluded = set(exclude)
     for i in range(count):
-        if balanced and make_prompt(**choices[i]) in excluded:
-            # Position and size are not in the prompt: keep the background (and the shape if
-            # possible) and take an object color whose prompt is free.
-            b, shape = choices[i]["background"], choices[i]["shape"]
-            free = [(c, s) for c in COLORS for s in SHAPES if c != b and make_prompt(c, s, b) not in excluded]
-            if not free:
-                raise ValueError(f"every scene on a {b} background is excluded")
-            same_shape = [f for f in free if f[1] == shape]
-            c, shape = (same_shape or free)[rng.integers(len(same_shape or free))]
-            choices[i] = {"background": b, "color": c, "shape": shape}
-        scene = sample_scene(rng, **choices[i])
+        scene = sample_scene(rng)
         while scene.prompt() in excluded:
-            scene = sample_scene(rng, **choices[i])
+            scene = sample_scene(rng)
         image = render(scene)
         if look is not None:
             image = look(image)
