@@ -96,3 +96,32 @@ def test_switch_benchmark_runs_every_contender(mask):
     assert result["diffusers_pipeline_lora_cold_switch_ms"] > 0
     assert "shira-diffusion" in format_switch_table(result)
     json.dumps(result)
+
+
+def test_generate_uses_a_single_bundled_styles_recommended_guidance(tmp_path, monkeypatch, capsys):
+    import shutil
+    from pathlib import Path
+
+    from shira_diffusion import generate as generate_module
+    from shira_diffusion import recommended
+
+    bundled = Path(generate_module.STYLES_DIR) / "pastel"
+    (tmp_path / "pastel").mkdir()
+    shutil.copy(bundled / "pastel.toy-sd.safetensors", tmp_path / "pastel")
+    (tmp_path / "pastel" / "style.json").write_text(json.dumps({"files": {"toy-sd/shira": {"guidance": 2.0}}}))
+    monkeypatch.setattr(generate_module, "STYLES_DIR", tmp_path)
+    monkeypatch.setattr(recommended, "STYLES_DIR", tmp_path)
+    from PIL import Image
+
+    used = []
+    monkeypatch.setattr(generate_module, "generate",
+                        lambda pipe, prompts, **kw: used.append(kw) or [Image.new("RGB", (8, 8))])
+    out = str(tmp_path / "x.png")
+    main(["generate", "--base", "toy-sd", "--prompt", "a red circle on a blue background", "--style", "pastel",
+          "--out", out])
+    assert used[-1]["guidance_scale"] == 2.0 and "recommended for pastel" in capsys.readouterr().err
+    main(["generate", "--base", "toy-sd", "--prompt", "a red circle", "--style", "pastel", "--guidance", "7",
+          "--out", out])
+    assert used[-1]["guidance_scale"] == 7.0
+    main(["generate", "--base", "toy-sd", "--prompt", "a red circle", "--out", out])  # no style: the default
+    assert used[-1]["guidance_scale"] == 5.0
