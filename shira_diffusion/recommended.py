@@ -42,15 +42,14 @@ def validation_prompts(style: str, count: int = 50) -> list[str]:
 
 
 def choose(measured: dict[float, dict]) -> float:
-    """The highest guidance that meets both targets; else the strongest within the content limit;
-    else the default. ``measured``: guidance -> {"strength", "content_drop"}."""
-    within = {g: m for g, m in measured.items() if m["content_drop"] <= CONTENT_DROP_LIMIT + 1e-9}
-    meeting = [g for g, m in within.items() if m["strength"] >= STRENGTH_TARGET]
+    """The highest guidance that meets both targets (the default side: least change from what
+    users expect); else the best strength less content lost (a content gain counts as none: at
+    50 prompts it is noise). ``measured``: guidance -> {"strength", "content_drop"}."""
+    meeting = [g for g, m in measured.items()
+               if m["strength"] >= STRENGTH_TARGET and m["content_drop"] <= CONTENT_DROP_LIMIT + 1e-9]
     if meeting:
         return max(meeting)
-    if within:
-        return max(within, key=lambda g: (within[g]["strength"], g))
-    return DEFAULT_GUIDANCE
+    return max(measured, key=lambda g: (measured[g]["strength"] - max(0.0, measured[g]["content_drop"]), g))
 
 
 def recorded_guidance(style: str, base: str, variant: str = "shira") -> float | None:
@@ -119,6 +118,17 @@ def recommend(base: str, styles: Sequence[str], variants: Sequence[str], count: 
             results[f"{name}/{variant}"] = {"guidance": chosen, "prompts": len(prompts), "measured": measured}
             _write(name, base, variant, chosen, len(prompts), measured)
     return {"base": base, "candidates": list(candidates), "steps": steps, "adapters": results}
+
+
+def rechoose(result: dict) -> dict:
+    """Apply ``choose`` again to a saved ``recommend`` result (its JSON line) and write the choices
+    into ``style.json``, without generating anything: for a changed rule, or restoring the files."""
+    for key, entry in result["adapters"].items():
+        name, variant = key.split("/")
+        measured = {float(g): m for g, m in entry["measured"].items()}
+        entry["measured"], entry["guidance"] = measured, choose(measured)
+        _write(name, result["base"], variant, entry["guidance"], entry["prompts"], measured)
+    return result
 
 
 def _write(style: str, base: str, variant: str, guidance: float, prompts: int, measured: dict) -> None:

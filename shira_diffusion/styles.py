@@ -168,13 +168,21 @@ def main(argv=None) -> None:
                    help=f"default: {' and '.join(BUILT_BY_DEFAULT)}")
     r.add_argument("--prompts", type=int, default=50, help="validation prompts per style (default 50)")
     r.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
+    r.add_argument("--measured", metavar="FILE", help="choose again from a saved run's output (its JSON "
+                   "line) and write style.json, generating nothing")
     args = parser.parse_args(argv)
     if args.command == "build":
         build(args.style or list(STYLES), args.base or ["toy-sd", "toy-sdxl"], args.variants or BUILT_BY_DEFAULT,
               args.steps)
         return
-    from .recommended import format_recommendations, recommend
+    from .recommended import format_recommendations, recommend, rechoose
 
+    if args.measured:
+        result = rechoose(json.loads(Path(args.measured).read_text().strip().splitlines()[-1]))
+        print(format_recommendations(result))
+        if args.json:
+            print(json.dumps(result))
+        return
     for base in args.base or ["toy-sd", "toy-sdxl"]:
         result = recommend(base, args.style or list(STYLES), args.variants or BUILT_BY_DEFAULT, count=args.prompts)
         print(format_recommendations(result))

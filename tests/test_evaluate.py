@@ -114,11 +114,24 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     assert "5" in per_adapter["plain_by_guidance"] and "recommended" in format_styles_table(per_adapter)
 
 
-def test_recommended_guidance_prefers_the_default_side_among_those_meeting_the_targets():
+def test_recommended_guidance_prefers_the_default_side_among_those_meeting_the_targets(tmp_path, monkeypatch):
+    import json
+
+    from shira_diffusion import recommended
     from shira_diffusion.recommended import choose
 
     row = lambda strength, drop: {"strength": strength, "content_drop": drop}  # noqa: E731
     assert choose({5.0: row(0.95, 0.02), 3.0: row(0.99, 0.01)}) == 5.0  # both meet: the higher guidance
     assert choose({5.0: row(0.50, 0.02), 2.0: row(0.92, 0.08), 1.0: row(0.97, 0.09)}) == 2.0
-    assert choose({5.0: row(0.50, 0.02), 2.0: row(0.80, 0.08), 1.0: row(0.97, 0.20)}) == 2.0  # strongest within
-    assert choose({5.0: row(0.99, 0.30), 2.0: row(0.99, 0.40)}) == 5.0  # none keeps content: the default
+    # None meets: the best strength less content lost (a content gain counts as none).
+    assert choose({5.0: row(0.72, -0.02), 3.0: row(0.72, 0.08), 2.0: row(0.74, 0.10)}) == 5.0
+    assert choose({5.0: row(0.50, 0.04), 2.0: row(0.78, 0.02), 1.0: row(0.82, 0.10)}) == 2.0
+    # A saved run is chosen again without generating, and written into style.json.
+    monkeypatch.setattr(recommended, "STYLES_DIR", tmp_path)
+    (tmp_path / "night").mkdir()
+    (tmp_path / "night" / "style.json").write_text(json.dumps({"files": {"toy-sd/shira": {"params": 7}}}))
+    saved = {"base": "toy-sd", "candidates": [5.0, 2.0], "adapters": {"night/shira": {
+        "guidance": 5.0, "prompts": 50, "measured": {"5.0": row(0.5, 0.0), "2.0": row(0.95, 0.05)}}}}
+    assert recommended.rechoose(json.loads(json.dumps(saved)))["adapters"]["night/shira"]["guidance"] == 2.0
+    entry = json.loads((tmp_path / "night" / "style.json").read_text())["files"]["toy-sd/shira"]
+    assert entry["guidance"] == 2.0 and entry["params"] == 7 and entry["guidance_validation"]["2"]["strength"] == 0.95
