@@ -200,12 +200,12 @@ def _cmd_generate(args) -> None:
                 prompts = [line.strip() for line in handle if line.strip()]
         except OSError as exc:
             raise ShiraError(f"cannot read prompts file: {exc}") from None
-    from .recommended import default_guidance
+    from .recommended import DEFAULT_GUIDANCE, default_guidance
 
     styles = [parse_style(s) for s in args.style]
     base_name = os.path.basename(os.path.normpath(args.base))
     guidance = args.guidance if args.guidance is not None else default_guidance(styles, base_name)
-    if args.guidance is None and guidance != 5.0:
+    if args.guidance is None and guidance != DEFAULT_GUIDANCE:
         print(f"guidance {guidance:g}: recommended for {styles[0][0]} on {base_name} (style.json; --guidance sets it)",
               file=sys.stderr)
     pipe = load_pipeline(args.base, single_file_config=args.config)

@@ -135,7 +135,8 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
     pipe.set_progress_bar_config(disable=True)
     expected = held_out_prompts(count)
     prompts = [e["prompt"] for e in expected]
-    plain_content: dict[float, float] = {}
+    plain_content: dict[float, float] = {}  # the base's own, per guidance used
+    plain_images: dict[str, list] = {}  # the first plain images made, for the sheet and the looks
 
     def plain_at(g: float) -> float:
         if g not in plain_content:
@@ -144,7 +145,6 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
             plain_images.setdefault("first", images)
         return plain_content[g]
 
-    plain_images: dict[str, list] = {}
     default = DEFAULT_GUIDANCE if per_adapter else float(guidance_scale)
     result = {"base": base, "prompts": count, "steps": steps, "guidance_scale": guidance_scale,
               "plain": {"content": plain_at(default)}, "styles": {}}

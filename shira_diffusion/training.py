@@ -73,7 +73,8 @@ class TrainConfig:
     ema_decay: float | None = None
     # Also trains the prediction classifier-free guidance will make at this scale, u + s * (c - u),
     # against the same target (one more forward on the empty caption per image): a look that the
-    # guided extrapolation washes out (a dark palette comes out bright at 5) is taught to survive it.
+    # guided extrapolation washes out (a dark palette comes out bright at 5) is taught to survive it,
+    # at a cost in content (README, "Training a style").
     guided_loss_scale: float | None = None
     min_timestep: int = 0  # train on timesteps in [min_timestep, max_timestep), as kohya's flags
     max_timestep: int | None = None  # default: the scheduler's num_train_timesteps
