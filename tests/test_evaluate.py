@@ -135,3 +135,21 @@ def test_recommended_guidance_prefers_the_default_side_among_those_meeting_the_t
     assert recommended.rechoose(json.loads(json.dumps(saved)))["adapters"]["night/shira"]["guidance"] == 2.0
     entry = json.loads((tmp_path / "night" / "style.json").read_text())["files"]["toy-sd/shira"]
     assert entry["guidance"] == 2.0 and entry["params"] == 7 and entry["guidance_validation"]["2"]["strength"] == 0.95
+
+
+def test_every_bundled_adapter_carries_the_guidance_its_validation_chose():
+    """A rebuilt adapter drops its entry's guidance: run `styles recommend` for it again."""
+    import json
+
+    from shira_diffusion.generate import STYLES_DIR
+    from shira_diffusion.recommended import CANDIDATES, choose
+    from shira_diffusion.styles import BUILT_BY_DEFAULT, STYLES
+
+    for name in STYLES:
+        files = json.loads((STYLES_DIR / name / "style.json").read_text())["files"]
+        for base in ("toy-sd", "toy-sdxl"):
+            for variant in BUILT_BY_DEFAULT:
+                entry = files[f"{base}/{variant}"]
+                measured = {float(g): m for g, m in entry["guidance_validation"].items() if g != "prompts"}
+                assert set(measured) == set(CANDIDATES) and entry["guidance_validation"]["prompts"] == 50
+                assert entry["guidance"] == choose(measured), (name, base, variant)
