@@ -28,13 +28,18 @@ from .toy.world import COLORS, SHAPES, make_prompt, parse_prompt, render, sample
 HELD_OUT = 100  # grammar prompts reserved for evaluation: no bundled style trains on them
 
 
+def grammar_prompts() -> list[str]:
+    """Every prompt of the toy grammar (224), sorted."""
+    return sorted(make_prompt(c, s, b) for c in COLORS for s in SHAPES for b in COLORS if b != c)
+
+
 def reserved_prompts(seed: int = 2027) -> list[str]:
     """The ``HELD_OUT`` grammar prompts kept out of every style's training set, in a fixed order.
 
     Chosen before any training set is drawn (``styles.write_training_set`` skips them), so the
     evaluation set does not shrink or move when styles are added or get more images.
     """
-    grammar = sorted(make_prompt(c, s, b) for c in COLORS for s in SHAPES for b in COLORS if b != c)
+    grammar = grammar_prompts()
     order = np.random.default_rng(seed).permutation(len(grammar))
     return [grammar[i] for i in order[:HELD_OUT]]
 
@@ -125,7 +130,7 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
     there is none), its content drop taken against the base's own at that scale. ``sheet``: a PNG
     path for the first images of every row (plain, then each style and variant), labelled."""
     from .bases import load_pipeline
-    from .recommended import DEFAULT_GUIDANCE, recorded_guidance
+    from .recommended import DEFAULT_GUIDANCE
     from .styles import STYLES, VARIANTS, adapter_path
 
     per_adapter = guidance_scale == "recommended"
@@ -163,11 +168,11 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
             path = adapter_path(name, base, kind)
             if not path.is_file():
                 continue
-            g = (recorded_guidance(name, base, kind) or DEFAULT_GUIDANCE) if per_adapter else default
+            info = files.get(f"{base}/{kind}", {})
+            g = info.get("guidance", DEFAULT_GUIDANCE) if per_adapter else default
             with applied_adapter(pipe, bank, path, kind):
                 images = generate_batched(pipe, triggered, steps, g, desc=f"{base}: {name} {kind} g{g:g}")
             rows[f"{name} {kind}" + (f" g{g:g}" if per_adapter else "")] = images[:SHEET_COLUMNS]
-            info = files.get(f"{base}/{kind}", {})
             content = content_scores(images, expected, looks=[spec.look])["all"]
             result["styles"][f"{name}/{kind}"] = {
                 "style": name, "adapter": kind, "mask": info.get("mask"), "guidance": g,

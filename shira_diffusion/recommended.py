@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .evaluate import reserved_prompts, style_strength
+from .evaluate import grammar_prompts, reserved_prompts, style_strength
 from .generate import STYLES_DIR, with_triggers
-from .toy.world import COLORS, SHAPES, make_prompt, parse_prompt
+from .toy.world import parse_prompt
 
 CANDIDATES = (5.0, 3.0, 2.0, 1.0)  # the pipelines' default first; 1 is no guidance (half the compute)
 DEFAULT_GUIDANCE = 5.0
@@ -30,8 +30,7 @@ STRENGTH_TARGET, CONTENT_DROP_LIMIT = 0.9, 0.10
 def validation_pool(seed: int = 2028) -> list[str]:
     """Every grammar prompt not reserved for evaluation, in a fixed order."""
     reserved = set(reserved_prompts())
-    grammar = sorted(make_prompt(c, s, b) for c in COLORS for s in SHAPES for b in COLORS if b != c)
-    pool = [p for p in grammar if p not in reserved]
+    pool = [p for p in grammar_prompts() if p not in reserved]
     return [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
 
 
@@ -132,14 +131,10 @@ def rechoose(result: dict) -> dict:
 
 
 def _write(style: str, base: str, variant: str, guidance: float, prompts: int, measured: dict) -> None:
-    # Read just before writing, as builds do: other runs may update other entries alongside.
-    record_path = STYLES_DIR / style / "style.json"
-    record = json.loads(record_path.read_text())
-    entry = record.setdefault("files", {}).setdefault(f"{base}/{variant}", {})
-    entry["guidance"] = guidance
-    entry["guidance_validation"] = {"prompts": prompts, **{
-        f"{g:g}": {k: round(v, 4) for k, v in m.items()} for g, m in measured.items()}}
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    from .styles import update_record
+
+    update_record(style, f"{base}/{variant}", {"guidance": guidance, "guidance_validation": {"prompts": prompts, **{
+        f"{g:g}": {k: round(v, 4) for k, v in m.items()} for g, m in measured.items()}}})
 
 
 def format_recommendations(result: dict) -> str:

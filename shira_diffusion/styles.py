@@ -131,7 +131,6 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
         folder = STYLES_DIR / name
         if not (folder / "images").is_dir():
             write_training_set(spec, folder)
-        record_path = folder / "style.json"
         for base in bases:
             for variant in variants:
                 # Relative paths when run from the repository, as the run records and the
@@ -144,15 +143,25 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
                 if steps:
                     config.max_train_steps = steps
                 result = train(config)
-                # Read again just before writing: builds of other variants may run alongside.
-                record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-                record.update(name=name, description=spec.description, trigger=spec.trigger, look=spec.look,
-                              images="images/", thumbnail="thumbnail.png")
-                record.setdefault("files", {})[f"{base}/{variant}"] = {
+                # A new entry: the old one's recommended guidance was measured on the old adapter.
+                update_record(name, f"{base}/{variant}", {
                     "file": Path(out).name, "mask": config.mask if config.adapter == "shira" else None,
                     "params": result["trainable_params"], "seconds": result["seconds"], "steps": result["steps"],
-                    "final_loss": result["final_loss"], "recipe": recipe_summary(config)}
-                record_path.write_text(json.dumps(record, indent=1) + "\n")
+                    "final_loss": result["final_loss"], "recipe": recipe_summary(config)}, replace=True,
+                    name=name, description=spec.description, trigger=spec.trigger, look=spec.look,
+                    images="images/", thumbnail="thumbnail.png")
+
+
+def update_record(style: str, key: str, entry: dict, replace: bool = False, **fields) -> None:
+    """Merge (or with ``replace``, set) one file entry of ``styles/<name>/style.json``, and top-level
+    ``fields``. Read just before writing: builds and ``recommend`` runs may update other entries
+    alongside."""
+    record_path = STYLES_DIR / style / "style.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record.update(fields)
+    files = record.setdefault("files", {})
+    files[key] = entry if replace else {**files.get(key, {}), **entry}
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def main(argv=None) -> None:

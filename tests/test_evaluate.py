@@ -127,7 +127,10 @@ def test_recommended_guidance_prefers_the_default_side_among_those_meeting_the_t
     assert choose({5.0: row(0.72, -0.02), 3.0: row(0.72, 0.08), 2.0: row(0.74, 0.10)}) == 5.0
     assert choose({5.0: row(0.50, 0.04), 2.0: row(0.78, 0.02), 1.0: row(0.82, 0.10)}) == 2.0
     # A saved run is chosen again without generating, and written into style.json.
+    from shira_diffusion import styles
+
     monkeypatch.setattr(recommended, "STYLES_DIR", tmp_path)
+    monkeypatch.setattr(styles, "STYLES_DIR", tmp_path)
     (tmp_path / "night").mkdir()
     (tmp_path / "night" / "style.json").write_text(json.dumps({"files": {"toy-sd/shira": {"params": 7}}}))
     saved = {"base": "toy-sd", "candidates": [5.0, 2.0], "adapters": {"night/shira": {
