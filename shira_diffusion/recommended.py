@@ -5,7 +5,9 @@ which overshoots looks that compress the palette (night's dark colors come out b
 sharpens overlays; style adapters in the wild ship with a recommended guidance for that reason.
 Here it is chosen by measurement, never on the prompts reserved for evaluation: the validation
 prompts of a style are the grammar prompts that are neither reserved nor among its own training
-captions (unseen by its adapters, like the test prompts, but not them). The choice is written
+captions (unseen by its adapters, like the test prompts, but not them): all of them (80-87 per
+style), each at two seeds, since choices between guidances a few points apart need more than the
+50 images a first version used. The choice is written
 into ``style.json``; ``shira generate --style NAME`` uses it when no ``--guidance`` is given, and
 ``shira eval styles --guidance recommended`` measures the reserved prompts at it.
 """
@@ -23,7 +25,9 @@ from .toy.world import parse_prompt
 
 CANDIDATES = (5.0, 3.0, 2.0, 1.0)  # the pipelines' default first; 1 is no guidance (half the compute)
 DEFAULT_GUIDANCE = 5.0
-VALIDATION_SEED = 1000  # image k of the validation pool uses seed 1000 + k, none of the test seeds
+VALIDATION_SEED = 1000  # pool prompt k uses seeds 1000 + k, 2000 + k, ...: none of the test seeds (0-99)
+SEED_STRIDE = 1000  # more than the pool's size (124 prompts), so no two images share a seed
+SEEDS_PER_PROMPT = 2
 STRENGTH_TARGET, CONTENT_DROP_LIMIT = 0.9, 0.10
 
 
@@ -34,18 +38,27 @@ def validation_pool(seed: int = 2028) -> list[str]:
     return [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
 
 
-def validation_prompts(style: str, count: int = 50) -> list[str]:
-    """Up to ``count`` pool prompts that ``style`` did not train on."""
+def validation_prompts(style: str, count: int | None = None) -> list[str]:
+    """The pool prompts that ``style`` did not train on (the first ``count`` of them, if given)."""
     seen = {f.read_text().strip() for f in (STYLES_DIR / style / "images").glob("*.txt")}
     return [p for p in validation_pool() if p not in seen][:count]
+
+
+def validation_images(prompts: Sequence[str], seeds_per_prompt: int = SEEDS_PER_PROMPT) -> list[tuple[str, int]]:
+    """(prompt, seed) of every validation image of ``prompts``: each prompt at its pool seeds."""
+    index = {p: k for k, p in enumerate(validation_pool())}
+    return [(p, VALIDATION_SEED + index[p] + r * SEED_STRIDE) for r in range(seeds_per_prompt) for p in prompts]
+
+
+def meets_targets(m: dict) -> bool:
+    return m["strength"] >= STRENGTH_TARGET and m["content_drop"] <= CONTENT_DROP_LIMIT + 1e-9
 
 
 def choose(measured: dict[float, dict]) -> float:
     """The highest guidance that meets both targets (the default side: least change from what
     users expect); else the best strength less content lost (a content gain counts as none: at
     50 prompts it is noise). ``measured``: guidance -> {"strength", "content_drop"}."""
-    meeting = [g for g, m in measured.items()
-               if m["strength"] >= STRENGTH_TARGET and m["content_drop"] <= CONTENT_DROP_LIMIT + 1e-9]
+    meeting = [g for g, m in measured.items() if meets_targets(m)]
     if meeting:
         return max(meeting)
     return max(measured, key=lambda g: (measured[g]["strength"] - max(0.0, measured[g]["content_drop"]), g))
@@ -71,51 +84,79 @@ def default_guidance(styles: Sequence[tuple[str, float]], base: str) -> float:
     return DEFAULT_GUIDANCE
 
 
-def recommend(base: str, styles: Sequence[str], variants: Sequence[str], count: int = 50, steps: int = 20,
+def standing(measured: dict[float, dict]) -> tuple[bool, float]:
+    """How well an adapter does at its chosen guidance, for comparing adapters of one style (such as
+    two training seeds): meeting both targets first, then strength less content lost."""
+    m = measured[choose(measured)]
+    return meets_targets(m), m["strength"] - max(0.0, m["content_drop"])
+
+
+def plain_content(pipe, shots: Sequence[tuple[str, int]], steps: int, candidates: Sequence[float],
+                  desc: str = "") -> dict:
+    """The base's own content right (0 or 1) per validation image and guidance: each style's content
+    drop is taken on its own images."""
+    from .bench_generate import content_scores
+    from .evaluate import generate_batched
+
+    shots = sorted(set(shots), key=lambda shot: shot[1])
+    right = {}
+    for g in candidates:
+        images = generate_batched(pipe, [p for p, _ in shots], steps, g, desc=f"{desc}plain g{g:g}",
+                                  seeds=[seed for _, seed in shots])
+        for shot, image in zip(shots, images):
+            right[shot, g] = content_scores([image], [parse_prompt(shot[0])])["all"]
+    return right
+
+
+def measure_adapter(pipe, bank, style: str, variant: str, path, shots: Sequence[tuple[str, int]], plain_right: dict,
+                    steps: int = 20, candidates: Sequence[float] = CANDIDATES, desc: str = "") -> dict:
+    """Strength, content and content drop of one adapter file at every candidate guidance."""
+    from .bench_generate import content_scores
+    from .evaluate import applied_adapter, generate_batched
+    from .styles import STYLES
+
+    spec = STYLES[style]
+    triggered = [with_triggers(p, [spec.trigger]) for p, _ in shots]
+    expected = [parse_prompt(p) for p, _ in shots]
+    measured = {}
+    with applied_adapter(pipe, bank, path, variant):
+        for g in candidates:
+            images = generate_batched(pipe, triggered, steps, g, desc=f"{desc}{style} {variant} g{g:g}",
+                                      seeds=[seed for _, seed in shots])
+            content = content_scores(images, expected, looks=[spec.look])["all"]
+            plain = float(np.mean([plain_right[shot, g] for shot in shots]))
+            measured[g] = {"strength": style_strength(images, spec.look), "content": content,
+                           "content_drop": plain - content}
+    return measured
+
+
+def recommend(base: str, styles: Sequence[str], variants: Sequence[str], count: int | None = None,
+              seeds_per_prompt: int = SEEDS_PER_PROMPT, steps: int = 20,
               candidates: Sequence[float] = CANDIDATES) -> dict:
-    """Measure every adapter at every candidate guidance on its style's validation prompts, choose,
+    """Measure every adapter at every candidate guidance on its style's validation images, choose,
     and write the choice (with the measurements) into each ``style.json``. Returns the results."""
     from .bank import StyleBank
     from .bases import load_pipeline
-    from .bench_generate import content_scores
-    from .evaluate import applied_adapter, generate_batched
-    from .styles import STYLES, adapter_path
+    from .styles import adapter_path
 
     pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)
-    pool = validation_pool()
-    seeds = {p: VALIDATION_SEED + k for k, p in enumerate(pool)}
     plan = {name: validation_prompts(name, count) for name in styles}
-    needed = sorted({p for prompts in plan.values() for p in prompts}, key=seeds.get)
-    # The base's own content per prompt and guidance: each style's drop is taken on its own prompts.
-    plain_right = {}
-    for g in candidates:
-        images = generate_batched(pipe, needed, steps, g, desc=f"{base}: plain g{g:g}",
-                                  seeds=[seeds[p] for p in needed])
-        for p, image in zip(needed, images):
-            plain_right[p, g] = content_scores([image], [parse_prompt(p)])["all"]
+    shots = {name: validation_images(prompts, seeds_per_prompt) for name, prompts in plan.items()}
+    plain_right = plain_content(pipe, [shot for s in shots.values() for shot in s], steps, candidates, f"{base}: ")
     bank = StyleBank(pipe.unet)
     results = {}
     for name in styles:
-        spec, prompts = STYLES[name], plan[name]
-        triggered = [with_triggers(p, [spec.trigger]) for p in prompts]
-        expected = [parse_prompt(p) for p in prompts]
         for variant in variants:
             path = adapter_path(name, base, variant)
             if not path.is_file():
                 continue
-            measured = {}
-            with applied_adapter(pipe, bank, path, variant):
-                for g in candidates:
-                    images = generate_batched(pipe, triggered, steps, g, desc=f"{base}: {name} {variant} g{g:g}",
-                                              seeds=[seeds[p] for p in prompts])
-                    content = content_scores(images, expected, looks=[spec.look])["all"]
-                    plain = float(np.mean([plain_right[p, g] for p in prompts]))
-                    measured[g] = {"strength": style_strength(images, spec.look), "content": content,
-                                   "content_drop": plain - content}
+            measured = measure_adapter(pipe, bank, name, variant, path, shots[name], plain_right, steps, candidates,
+                                       f"{base}: ")
             chosen = choose(measured)
-            results[f"{name}/{variant}"] = {"guidance": chosen, "prompts": len(prompts), "measured": measured}
-            _write(name, base, variant, chosen, len(prompts), measured)
+            results[f"{name}/{variant}"] = {"guidance": chosen, "prompts": len(plan[name]),
+                                            "images": len(shots[name]), "measured": measured}
+            write_choice(name, base, variant, chosen, len(plan[name]), len(shots[name]), measured)
     return {"base": base, "candidates": list(candidates), "steps": steps, "adapters": results}
 
 
@@ -126,24 +167,27 @@ def rechoose(result: dict) -> dict:
         name, variant = key.split("/")
         measured = {float(g): m for g, m in entry["measured"].items()}
         entry["measured"], entry["guidance"] = measured, choose(measured)
-        _write(name, result["base"], variant, entry["guidance"], entry["prompts"], measured)
+        write_choice(name, result["base"], variant, entry["guidance"], entry["prompts"],
+               entry.get("images", entry["prompts"]), measured)
     return result
 
 
-def _write(style: str, base: str, variant: str, guidance: float, prompts: int, measured: dict) -> None:
+def write_choice(style: str, base: str, variant: str, guidance: float, prompts: int, images: int, measured: dict) -> None:
     from .styles import update_record
 
-    update_record(style, f"{base}/{variant}", {"guidance": guidance, "guidance_validation": {"prompts": prompts, **{
+    update_record(style, f"{base}/{variant}", {"guidance": guidance, "guidance_validation": {
+        "prompts": prompts, "images": images, **{
         f"{g:g}": {k: round(v, 4) for k, v in m.items()} for g, m in measured.items()}}})
 
 
 def format_recommendations(result: dict) -> str:
     lines = [f"base {result['base']}: guidance chosen on each style's validation prompts "
              f"(strength / content drop at each candidate)",
-             "| adapter | prompts | " + " | ".join(f"g{g:g}" for g in result["candidates"]) + " | chosen |",
-             "| --- | --- | " + " | ".join("---" for _ in result["candidates"]) + " | --- |"]
+             "| adapter | prompts | images | " + " | ".join(f"g{g:g}" for g in result["candidates"]) + " | chosen |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in result["candidates"]) + " | --- |"]
     for key, r in result["adapters"].items():
         cells = [f"{r['measured'][g]['strength']:.0%} / {-r['measured'][g]['content_drop'] * 100:+.0f}"
                  for g in result["candidates"]]
-        lines.append(f"| {key} | {r['prompts']} | " + " | ".join(cells) + f" | {r['guidance']:g} |")
+        lines.append(f"| {key} | {r['prompts']} | {r.get('images', r['prompts'])} | " + " | ".join(cells)
+                     + f" | {r['guidance']:g} |")
     return "\n".join(lines)

@@ -123,8 +123,36 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def train_config(spec: StyleSpec, base: str, variant: str, steps: int | None = None, **overrides):
+    """The ``TrainConfig`` of one bundled adapter: the defaults, the style's recipe, the variant."""
+    from .training import TrainConfig
+
+    folder = STYLES_DIR / spec.name
+    # Relative paths when run from the repository, as the run records and the adapters' recipes
+    # keep them: no machine's absolute path lands in the files.
+    config = TrainConfig(train_data_dir=_relative(folder / "images"),
+                         output=_relative(adapter_path(spec.name, base, variant)), base=base,
+                         trigger=spec.trigger, name=spec.name, description=spec.description, cache_latents=True, extra={"look": spec.look}, **variant_settings(variant),
+                         **{**spec.recipe_for(base), **overrides})
+    if steps:
+        config.max_train_steps = steps
+    return config
+
+
+def file_entry(config, result: dict) -> dict:
+    """A trained adapter's entry in ``style.json``."""
+    return {"file": Path(config.output).name, "mask": config.mask if config.adapter == "shira" else None,
+            "params": result["trainable_params"], "seconds": result["seconds"], "steps": result["steps"],
+            "final_loss": result["final_loss"], "recipe": recipe_summary(config)}
+
+
+def style_fields(spec: StyleSpec) -> dict:
+    return {"name": spec.name, "description": spec.description, "trigger": spec.trigger, "look": spec.look,
+            "images": "images/", "thumbnail": "thumbnail.png"}
+
+
 def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> None:
-    from .training import TrainConfig, train
+    from .training import train
 
     for name in names:
         spec = STYLES[name]
@@ -133,23 +161,10 @@ def build(names, bases, variants=BUILT_BY_DEFAULT, steps: int | None = None) -> 
             write_training_set(spec, folder)
         for base in bases:
             for variant in variants:
-                # Relative paths when run from the repository, as the run records and the
-                # adapters' recipes keep them: no machine's absolute path lands in the files.
-                out = _relative(adapter_path(name, base, variant))
-                config = TrainConfig(train_data_dir=_relative(folder / "images"), output=out, base=base,
-                                     trigger=spec.trigger, name=name, description=spec.description,
-                                     cache_latents=True, extra={"look": spec.look}, **variant_settings(variant),
-                                     **spec.recipe_for(base))
-                if steps:
-                    config.max_train_steps = steps
+                config = train_config(spec, base, variant, steps)
                 result = train(config)
                 # A new entry: the old one's recommended guidance was measured on the old adapter.
-                update_record(name, f"{base}/{variant}", {
-                    "file": Path(out).name, "mask": config.mask if config.adapter == "shira" else None,
-                    "params": result["trainable_params"], "seconds": result["seconds"], "steps": result["steps"],
-                    "final_loss": result["final_loss"], "recipe": recipe_summary(config)}, replace=True,
-                    name=name, description=spec.description, trigger=spec.trigger, look=spec.look,
-                    images="images/", thumbnail="thumbnail.png")
+                update_record(name, f"{base}/{variant}", file_entry(config, result), replace=True, **style_fields(spec))
 
 
 def update_record(style: str, key: str, entry: dict, replace: bool = False, **fields) -> None:
@@ -178,11 +193,29 @@ def main(argv=None) -> None:
     r.add_argument("--base", action="append", help="default: toy-sd and toy-sdxl")
     r.add_argument("--adapter", action="append", dest="variants", choices=VARIANTS,
                    help=f"default: {' and '.join(BUILT_BY_DEFAULT)}")
-    r.add_argument("--prompts", type=int, default=50, help="validation prompts per style (default 50)")
+    r.add_argument("--prompts", type=int, help="validation prompts per style (default: all, 80-87)")
+    r.add_argument("--seeds-per-prompt", type=int, default=2, help="images per validation prompt (default 2)")
     r.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
     r.add_argument("--measured", metavar="FILE", help="choose again from a saved run's output (its JSON "
                    "line) and write style.json, generating nothing")
+    s = commands.add_parser("reseed", help="train adapters again with another seed; keep whichever does better on "
+                            "validation (reseed.py)")
+    s.add_argument("--seed", type=int, required=True, help="the challenger's training seed")
+    s.add_argument("--style", action="append", choices=sorted(STYLES), required=True)
+    s.add_argument("--base", action="append", required=True)
+    s.add_argument("--adapter", action="append", dest="variants", choices=VARIANTS,
+                   help=f"default: {' and '.join(BUILT_BY_DEFAULT)}")
+    s.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
     args = parser.parse_args(argv)
+    if args.command == "reseed":
+        from .reseed import format_reseed, reseed
+
+        for base in args.base:
+            result = reseed(base, args.style, args.variants or BUILT_BY_DEFAULT, args.seed)
+            print(format_reseed(result))
+            if args.json:
+                print(json.dumps(result))
+        return
     if args.command == "build":
         build(args.style or list(STYLES), args.base or ["toy-sd", "toy-sdxl"], args.variants or BUILT_BY_DEFAULT,
               args.steps)
@@ -196,7 +229,8 @@ def main(argv=None) -> None:
             print(json.dumps(result))
         return
     for base in args.base or ["toy-sd", "toy-sdxl"]:
-        result = recommend(base, args.style or list(STYLES), args.variants or BUILT_BY_DEFAULT, count=args.prompts)
+        result = recommend(base, args.style or list(STYLES), args.variants or BUILT_BY_DEFAULT, count=args.prompts,
+                           seeds_per_prompt=args.seeds_per_prompt)
         print(format_recommendations(result))
         if args.json:
             print(json.dumps(result))

@@ -99,16 +99,38 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     from shira_diffusion import recommended
 
     monkeypatch.setattr(recommended, "STYLES_DIR", tmp_path)
-    validation = recommended.validation_prompts("pastel", count=200)
+    validation = recommended.validation_prompts("pastel")
     captions = {f.read_text().strip() for f in (tmp_path / "pastel" / "images").glob("*.txt")}
     assert validation and not set(validation) & (captions | set(evaluate.reserved_prompts()))
+    shots = recommended.validation_images(validation)
+    assert len(shots) == 2 * len(validation) == len({seed for _, seed in shots})  # every image its own seed
+    assert not {seed for _, seed in shots} & set(range(len(evaluate.reserved_prompts())))  # none of the test seeds
     chosen = recommended.recommend("toy-sd", ["pastel"], ["shira", "lora"], count=2, steps=2, candidates=(5.0, 2.0))
+    assert chosen["adapters"]["pastel/shira"]["images"] == 4
     entry = json.loads((tmp_path / "pastel" / "style.json").read_text())["files"]["toy-sd/shira"]
     assert entry["guidance"] == chosen["adapters"]["pastel/shira"]["guidance"] in (5.0, 2.0)
-    assert set(entry["guidance_validation"]) == {"prompts", "5", "2"} and entry["recipe"]  # the build's entry kept
+    assert set(entry["guidance_validation"]) == {"prompts", "images", "5", "2"} and entry["recipe"]  # the build's entry kept
     assert "pastel/lora" in recommended.format_recommendations(chosen)
     assert recommended.default_guidance([("pastel", 1.0)], "toy-sd") == entry["guidance"]
     assert recommended.default_guidance([("pastel", 1.0), ("night", 1.0)], "toy-sd") == 5.0
+    # Another training seed replaces an adapter only where it stands better on the same validation
+    # images; the loser's files are gone either way, and style.json keeps both seeds' measurements.
+    from shira_diffusion import reseed
+
+    incumbent = (tmp_path / "pastel" / "pastel.toy-sd.safetensors").read_bytes()
+    for challenger_wins in (False, True):
+        order = iter([challenger_wins, not challenger_wins])  # challenger's standing first, incumbent's next
+        monkeypatch.setattr(reseed, "standing", lambda measured, order=order: next(order))
+        result = reseed.reseed("toy-sd", ["pastel"], ["shira"], seed=1 + challenger_wins, count=2, steps=2,
+                               candidates=(5.0, 2.0), train_steps=1)
+        entry = json.loads((tmp_path / "pastel" / "style.json").read_text())["files"]["toy-sd/shira"]
+        assert result["adapters"]["pastel/shira"]["kept"] == entry["recipe"]["seed"] == (2 if challenger_wins else 0)
+        assert set(entry["seed_trials"]) == ({"0", "1", "2"} if challenger_wins else {"0", "1"})
+        on_disk = (tmp_path / "pastel" / "pastel.toy-sd.safetensors").read_bytes()
+        assert (on_disk == incumbent) != challenger_wins and entry["guidance_validation"]["images"] == 4
+        record = json.loads((tmp_path / "pastel" / "pastel.toy-sd.json").read_text())  # the kept run's record
+        assert record["recipe"]["seed"] == entry["recipe"]["seed"]
+    assert "seed 2" in reseed.format_reseed(result)
     per_adapter = eval_styles("toy-sd", ["pastel"], ["shira", "lora"], count=2, steps=2, guidance_scale="recommended")
     assert per_adapter["styles"]["pastel/shira"]["guidance"] == entry["guidance"]
     assert "5" in per_adapter["plain_by_guidance"] and "recommended" in format_styles_table(per_adapter)
@@ -145,14 +167,17 @@ def test_every_bundled_adapter_carries_the_guidance_its_validation_chose():
     import json
 
     from shira_diffusion.generate import STYLES_DIR
-    from shira_diffusion.recommended import CANDIDATES, choose
+    from shira_diffusion.recommended import CANDIDATES, SEEDS_PER_PROMPT, choose, validation_prompts
     from shira_diffusion.styles import BUILT_BY_DEFAULT, STYLES
 
     for name in STYLES:
         files = json.loads((STYLES_DIR / name / "style.json").read_text())["files"]
         for base in ("toy-sd", "toy-sdxl"):
             for variant in BUILT_BY_DEFAULT:
-                entry = files[f"{base}/{variant}"]
-                measured = {float(g): m for g, m in entry["guidance_validation"].items() if g != "prompts"}
-                assert set(measured) == set(CANDIDATES) and entry["guidance_validation"]["prompts"] == 50
-                assert entry["guidance"] == choose(measured), (name, base, variant)
+                validation = dict(files[f"{base}/{variant}"]["guidance_validation"])
+                prompts, images = validation.pop("prompts"), validation.pop("images")
+                measured = {float(g): m for g, m in validation.items()}
+                # Every validation prompt of the style, at every seed, at every candidate guidance.
+                assert (prompts, images) == (len(validation_prompts(name)), SEEDS_PER_PROMPT * prompts)
+                assert set(measured) == set(CANDIDATES)
+                assert files[f"{base}/{variant}"]["guidance"] == choose(measured), (name, base, variant)

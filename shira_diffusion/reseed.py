@@ -1,0 +1,108 @@
+"""Another training seed for bundled adapters, kept only where it does better on validation.
+
+The same recipe trained with another seed (another Struct mask or LoRA init, another order of
+batches and noise) moves a toy style's strength by 10-20 points on some styles (README), the way a
+trainer's second run differs from the first; trainers keep the better run. Here "better" is
+decided on the validation images of the recommended guidance (``recommended.py``), never on the
+prompts reserved for evaluation: the challenger, trained with ``seed``, replaces the incumbent
+only if it stands better at its own chosen guidance (``recommended.standing``). Either way
+``style.json`` keeps what each seed measured (``seed_trials``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ShiraError
+from .recommended import (CANDIDATES, SEEDS_PER_PROMPT, choose, measure_adapter, plain_content, standing,
+                          validation_images, validation_prompts, write_choice)
+
+
+def _summary(measured: dict) -> dict:
+    g = choose(measured)
+    return {"guidance": g, **{k: round(measured[g][k], 4) for k in ("strength", "content_drop")}}
+
+
+def _incumbent(record: dict, style: str, base: str, variant: str, prompts: int) -> tuple[dict, dict]:
+    """The incumbent's style.json entry and its validation measurements, which must be of the
+    current validation set (``recommend`` writes them)."""
+    entry = record.get("files", {}).get(f"{base}/{variant}")
+    if entry is None:
+        raise ShiraError(f"styles/{style} has no {base}/{variant} adapter: build it first")
+    validation = dict(entry.get("guidance_validation", {}))
+    if (validation.pop("prompts", None), validation.pop("images", None)) != (prompts, SEEDS_PER_PROMPT * prompts):
+        raise ShiraError(f"{style} {base}/{variant} has no measurements on the current validation images: "
+                         f"run `python -m shira_diffusion.styles recommend --style {style} --base {base}` first")
+    return entry, {float(g): m for g, m in validation.items()}
+
+
+def reseed(base: str, styles: Sequence[str], variants: Sequence[str], seed: int, count: int | None = None,
+           steps: int = 20, candidates: Sequence[float] = CANDIDATES, train_steps: int | None = None) -> dict:
+    """Train each adapter again with ``seed``, measure it on its style's validation images (the
+    first ``count`` prompts, as ``recommend`` measured the incumbent), and keep whichever of the two
+    stands better. Returns what each seed measured and which was kept."""
+    import json
+
+    from .bank import StyleBank
+    from .bases import load_pipeline
+    from .generate import STYLES_DIR
+    from .styles import STYLES, file_entry, train_config, update_record
+    from .training import output_paths, train
+
+    plan = {name: validation_prompts(name, count) for name in styles}
+    shots = {name: validation_images(prompts) for name, prompts in plan.items()}
+    incumbents = {}
+    for name in styles:
+        record = json.loads((STYLES_DIR / name / "style.json").read_text())
+        for variant in variants:
+            incumbents[name, variant] = _incumbent(record, name, base, variant, len(plan[name]))
+            if incumbents[name, variant][0]["recipe"]["seed"] == seed:
+                raise ShiraError(f"{name} {base}/{variant} was trained with seed {seed} already")
+    pipe = load_pipeline(base)
+    pipe.set_progress_bar_config(disable=True)
+    plain = plain_content(pipe, [shot for s in shots.values() for shot in s], steps, candidates, f"{base}: ")
+    bank = StyleBank(pipe.unet)
+    results = {}
+    for (name, variant), (entry, incumbent) in incumbents.items():
+        config = train_config(STYLES[name], base, variant, train_steps, seed=seed)
+        files = [Path(p) for key, p in output_paths(config.output).items() if key in ("adapter", "record", "loss_curve")]
+        with tempfile.TemporaryDirectory() as kept:
+            # The incumbent's files wait aside while the challenger trains in their place (its
+            # run record and adapter header name the place it will have if it wins).
+            for f in files:
+                if f.exists():
+                    shutil.move(f, Path(kept) / f.name)
+            won = False
+            try:
+                result = train(config)
+                measured = measure_adapter(pipe, bank, name, variant, config.output, shots[name], plain, steps,
+                                           candidates, f"{base} seed {seed}: ")
+                won = standing(measured) > standing(incumbent)
+            finally:  # the incumbent back in place unless the challenger won (also on errors)
+                if not won:
+                    for f in files:
+                        if (Path(kept) / f.name).exists():
+                            shutil.move(Path(kept) / f.name, f)
+        trials = {**entry.get("seed_trials", {}), str(entry["recipe"]["seed"]): _summary(incumbent),
+                  str(seed): _summary(measured)}
+        key = f"{base}/{variant}"
+        if won:
+            update_record(name, key, {**file_entry(config, result), "seed_trials": trials}, replace=True)
+            write_choice(name, base, variant, choose(measured), len(plan[name]), len(shots[name]), measured)
+        else:
+            update_record(name, key, {"seed_trials": trials})
+        results[f"{name}/{variant}"] = {"trials": trials, "kept": seed if won else entry["recipe"]["seed"]}
+    return {"base": base, "adapters": results}
+
+
+def format_reseed(result: dict) -> str:
+    lines = [f"base {result['base']}: each training seed at its chosen guidance on the validation images "
+             "(strength / content drop)", "| adapter | seeds | kept |", "| --- | --- | --- |"]
+    for key, r in result["adapters"].items():
+        trials = "; ".join(f"seed {s}: {t['strength']:.0%} / {-t['content_drop'] * 100:+.0f} (g{t['guidance']:g})"
+                           for s, t in r["trials"].items())
+        lines.append(f"| {key} | {trials} | {r['kept']} |")
+    return "\n".join(lines)
