@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import ShiraError
-from .recommended import (CANDIDATES, SEEDS_PER_PROMPT, choose, measure_adapter, plain_content, standing,
-                          validation_images, validation_prompts, write_choice)
+from .recommended import (CANDIDATES, SEEDS_PER_PROMPT, choose, measure_adapter, meets_targets, plain_content,
+                          standing, validation_images, validation_prompts, write_choice)
 
 
 def _summary(measured: dict) -> dict:
@@ -40,10 +40,12 @@ def _incumbent(record: dict, style: str, base: str, variant: str, prompts: int) 
 
 
 def reseed(base: str, styles: Sequence[str], variants: Sequence[str], seed: int, count: int | None = None,
-           steps: int = 20, candidates: Sequence[float] = CANDIDATES, train_steps: int | None = None) -> dict:
+           steps: int = 20, candidates: Sequence[float] = CANDIDATES, train_steps: int | None = None,
+           misses_only: bool = False) -> dict:
     """Train each adapter again with ``seed``, measure it on its style's validation images (the
     first ``count`` prompts, as ``recommend`` measured the incumbent), and keep whichever of the two
-    stands better. Returns what each seed measured and which was kept."""
+    stands better. With ``misses_only``, only the adapters that miss the targets there at their
+    recommended guidance. Returns what each seed measured and which was kept."""
     import json
 
     from .bank import StyleBank
@@ -58,12 +60,18 @@ def reseed(base: str, styles: Sequence[str], variants: Sequence[str], seed: int,
     for name in styles:
         record = json.loads((STYLES_DIR / name / "style.json").read_text())
         for variant in variants:
-            incumbents[name, variant] = _incumbent(record, name, base, variant, len(plan[name]))
-            if incumbents[name, variant][0]["recipe"]["seed"] == seed:
+            entry, measured = _incumbent(record, name, base, variant, len(plan[name]))
+            if misses_only and meets_targets(measured[choose(measured)]):
+                continue
+            if entry["recipe"]["seed"] == seed:
                 raise ShiraError(f"{name} {base}/{variant} was trained with seed {seed} already")
+            incumbents[name, variant] = entry, measured
+    if not incumbents:
+        return {"base": base, "adapters": {}}
     pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)
-    plain = plain_content(pipe, [shot for s in shots.values() for shot in s], steps, candidates, f"{base}: ")
+    needed = [shot for name, _ in incumbents for shot in shots[name]]
+    plain = plain_content(pipe, needed, steps, candidates, f"{base}: ")
     bank = StyleBank(pipe.unet)
     results = {}
     for (name, variant), (entry, incumbent) in incumbents.items():

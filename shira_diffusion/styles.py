@@ -201,17 +201,20 @@ def main(argv=None) -> None:
     s = commands.add_parser("reseed", help="train adapters again with another seed; keep whichever does better on "
                             "validation (reseed.py)")
     s.add_argument("--seed", type=int, required=True, help="the challenger's training seed")
-    s.add_argument("--style", action="append", choices=sorted(STYLES), required=True)
-    s.add_argument("--base", action="append", required=True)
+    s.add_argument("--style", action="append", choices=sorted(STYLES), help="default: all")
+    s.add_argument("--base", action="append", help="default: toy-sd and toy-sdxl")
     s.add_argument("--adapter", action="append", dest="variants", choices=VARIANTS,
                    help=f"default: {' and '.join(BUILT_BY_DEFAULT)}")
+    s.add_argument("--misses", action="store_true", help="only the adapters that miss the targets on their "
+                   "validation images at their recommended guidance")
     s.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
     args = parser.parse_args(argv)
     if args.command == "reseed":
         from .reseed import format_reseed, reseed
 
-        for base in args.base:
-            result = reseed(base, args.style, args.variants or BUILT_BY_DEFAULT, args.seed)
+        for base in args.base or ["toy-sd", "toy-sdxl"]:
+            result = reseed(base, args.style or list(STYLES), args.variants or BUILT_BY_DEFAULT, args.seed,
+                            misses_only=args.misses)
             print(format_reseed(result))
             if args.json:
                 print(json.dumps(result))

@@ -118,6 +118,9 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     from shira_diffusion import reseed
 
     incumbent = (tmp_path / "pastel" / "pastel.toy-sd.safetensors").read_bytes()
+    with monkeypatch.context() as patched:  # --misses leaves an adapter that meets the targets alone
+        patched.setattr(reseed, "meets_targets", lambda measured: True)
+        assert reseed.reseed("toy-sd", ["pastel"], ["shira"], seed=1, count=2, misses_only=True)["adapters"] == {}
     for challenger_wins in (False, True):
         order = iter([challenger_wins, not challenger_wins])  # challenger's standing first, incumbent's next
         monkeypatch.setattr(reseed, "standing", lambda measured, order=order: next(order))
