@@ -198,9 +198,10 @@ def main(argv=None) -> None:
     r.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
     r.add_argument("--measured", metavar="FILE", help="choose again from a saved run's output (its JSON "
                    "line) and write style.json, generating nothing")
-    s = commands.add_parser("reseed", help="train adapters again with another seed; keep whichever does better on "
-                            "validation (reseed.py)")
+    s = commands.add_parser("retrain", help="train adapters again (another seed, more steps); keep whichever does "
+                            "better on validation (retrain.py)")
     s.add_argument("--seed", type=int, required=True, help="the challenger's training seed")
+    s.add_argument("--steps", type=int, help="the challenger's training steps (default: the recipe's)")
     s.add_argument("--style", action="append", choices=sorted(STYLES), help="default: all")
     s.add_argument("--base", action="append", help="default: toy-sd and toy-sdxl")
     s.add_argument("--adapter", action="append", dest="variants", choices=VARIANTS,
@@ -209,13 +210,13 @@ def main(argv=None) -> None:
                    "validation images at their recommended guidance")
     s.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
     args = parser.parse_args(argv)
-    if args.command == "reseed":
-        from .reseed import format_reseed, reseed
+    if args.command == "retrain":
+        from .retrain import format_retrain, retrain
 
         for base in args.base or ["toy-sd", "toy-sdxl"]:
-            result = reseed(base, args.style or list(STYLES), args.variants or BUILT_BY_DEFAULT, args.seed,
-                            misses_only=args.misses)
-            print(format_reseed(result))
+            result = retrain(base, args.style or list(STYLES), args.variants or BUILT_BY_DEFAULT, args.seed,
+                             args.steps, misses_only=args.misses)
+            print(format_retrain(result))
             if args.json:
                 print(json.dumps(result))
         return

@@ -1,5 +1,7 @@
 import numpy as np
+import pytest
 
+from shira_diffusion.errors import ShiraError
 from shira_diffusion.evaluate import (
     held_out_prompts,
     reserved_prompts,
@@ -113,27 +115,30 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     assert "pastel/lora" in recommended.format_recommendations(chosen)
     assert recommended.default_guidance([("pastel", 1.0)], "toy-sd") == entry["guidance"]
     assert recommended.default_guidance([("pastel", 1.0), ("night", 1.0)], "toy-sd") == 5.0
-    # Another training seed replaces an adapter only where it stands better on the same validation
-    # images; the loser's files are gone either way, and style.json keeps both seeds' measurements.
-    from shira_diffusion import reseed
+    # A retrained adapter (another seed, more steps) replaces the incumbent only where it stands better on
+    # the same validation images; the loser's files are gone either way, style.json keeps every run's figures.
+    from shira_diffusion import retrain
 
     incumbent = (tmp_path / "pastel" / "pastel.toy-sd.safetensors").read_bytes()
     with monkeypatch.context() as patched:  # --misses leaves an adapter that meets the targets alone
-        patched.setattr(reseed, "meets_targets", lambda measured: True)
-        assert reseed.reseed("toy-sd", ["pastel"], ["shira"], seed=1, count=2, misses_only=True)["adapters"] == {}
+        patched.setattr(retrain, "meets_targets", lambda measured: True)
+        assert retrain.retrain("toy-sd", ["pastel"], ["shira"], seed=1, misses_only=True, count=2)["adapters"] == {}
     for challenger_wins in (False, True):
         order = iter([challenger_wins, not challenger_wins])  # challenger's standing first, incumbent's next
-        monkeypatch.setattr(reseed, "standing", lambda measured, order=order: next(order))
-        result = reseed.reseed("toy-sd", ["pastel"], ["shira"], seed=1 + challenger_wins, count=2, steps=2,
-                               candidates=(5.0, 2.0), train_steps=1)
+        monkeypatch.setattr(retrain, "standing", lambda measured, order=order: next(order))
+        result = retrain.retrain("toy-sd", ["pastel"], ["shira"], seed=1, train_steps=1 + challenger_wins, count=2,
+                                 steps=2, candidates=(5.0, 2.0))
         entry = json.loads((tmp_path / "pastel" / "style.json").read_text())["files"]["toy-sd/shira"]
-        assert result["adapters"]["pastel/shira"]["kept"] == entry["recipe"]["seed"] == (2 if challenger_wins else 0)
-        assert set(entry["seed_trials"]) == ({"0", "1", "2"} if challenger_wins else {"0", "1"})
+        kept = "seed 1, 2 steps" if challenger_wins else "seed 0, 1 steps"
+        assert result["adapters"]["pastel/shira"]["kept"] == retrain.trial_label(entry["recipe"]) == kept
+        assert set(entry["trials"]) == {"seed 0, 1 steps", "seed 1, 1 steps", *["seed 1, 2 steps"] * challenger_wins}
         on_disk = (tmp_path / "pastel" / "pastel.toy-sd.safetensors").read_bytes()
         assert (on_disk == incumbent) != challenger_wins and entry["guidance_validation"]["images"] == 4
         record = json.loads((tmp_path / "pastel" / "pastel.toy-sd.json").read_text())  # the kept run's record
         assert record["recipe"]["seed"] == entry["recipe"]["seed"]
-    assert "seed 2" in reseed.format_reseed(result)
+    assert "seed 1, 2 steps" in retrain.format_retrain(result)
+    with pytest.raises(ShiraError, match="already"):  # a run that was tried is not tried again
+        retrain.retrain("toy-sd", ["pastel"], ["shira"], seed=1, train_steps=1, count=2)
     per_adapter = eval_styles("toy-sd", ["pastel"], ["shira", "lora"], count=2, steps=2, guidance_scale="recommended")
     assert per_adapter["styles"]["pastel/shira"]["guidance"] == entry["guidance"]
     assert "5" in per_adapter["plain_by_guidance"] and "recommended" in format_styles_table(per_adapter)

@@ -1,12 +1,13 @@
-"""Another training seed for bundled adapters, kept only where it does better on validation.
+"""Bundled adapters trained again (another seed, or more steps), kept only where they do better on
+validation.
 
 The same recipe trained with another seed (another Struct mask or LoRA init, another order of
 batches and noise) moves a toy style's strength by 10-20 points on some styles (README), the way a
 trainer's second run differs from the first; trainers keep the better run. Here "better" is
 decided on the validation images of the recommended guidance (``recommended.py``), never on the
-prompts reserved for evaluation: the challenger, trained with ``seed``, replaces the incumbent
-only if it stands better at its own chosen guidance (``recommended.standing``). Either way
-``style.json`` keeps what each seed measured (``seed_trials``).
+prompts reserved for evaluation: the challenger replaces the incumbent only if it stands better
+at its own chosen guidance (``recommended.standing``). Either way ``style.json`` keeps what each
+run measured (``trials``, by seed and steps).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from pathlib import Path
 from .errors import ShiraError
 from .recommended import (CANDIDATES, SEEDS_PER_PROMPT, choose, measure_adapter, meets_targets, plain_content,
                           standing, validation_images, validation_prompts, write_choice)
+
+
+def trial_label(recipe: dict) -> str:
+    return f"seed {recipe['seed']}, {recipe['max_train_steps']} steps"
 
 
 def _summary(measured: dict) -> dict:
@@ -39,19 +44,20 @@ def _incumbent(record: dict, style: str, base: str, variant: str, prompts: int) 
     return entry, {float(g): m for g, m in validation.items()}
 
 
-def reseed(base: str, styles: Sequence[str], variants: Sequence[str], seed: int, count: int | None = None,
-           steps: int = 20, candidates: Sequence[float] = CANDIDATES, train_steps: int | None = None,
-           misses_only: bool = False) -> dict:
-    """Train each adapter again with ``seed``, measure it on its style's validation images (the
-    first ``count`` prompts, as ``recommend`` measured the incumbent), and keep whichever of the two
-    stands better. With ``misses_only``, only the adapters that miss the targets there at their
-    recommended guidance. Returns what each seed measured and which was kept."""
+def retrain(base: str, styles: Sequence[str], variants: Sequence[str], seed: int, train_steps: int | None = None,
+            misses_only: bool = False, count: int | None = None, steps: int = 20,
+            candidates: Sequence[float] = CANDIDATES) -> dict:
+    """Train each adapter again with ``seed`` (and ``train_steps``, else its recipe's), measure it
+    on its style's validation images (the first ``count`` prompts, as ``recommend`` measured the
+    incumbent), and keep whichever of the two stands better. With ``misses_only``, only the
+    adapters that miss the targets there at their recommended guidance. Returns what each run
+    measured and which was kept."""
     import json
 
     from .bank import StyleBank
     from .bases import load_pipeline
     from .generate import STYLES_DIR
-    from .styles import STYLES, file_entry, train_config, update_record
+    from .styles import STYLES, file_entry, recipe_summary, train_config, update_record
     from .training import output_paths, train
 
     plan = {name: validation_prompts(name, count) for name in styles}
@@ -63,8 +69,10 @@ def reseed(base: str, styles: Sequence[str], variants: Sequence[str], seed: int,
             entry, measured = _incumbent(record, name, base, variant, len(plan[name]))
             if misses_only and meets_targets(measured[choose(measured)]):
                 continue
-            if entry["recipe"]["seed"] == seed:
-                raise ShiraError(f"{name} {base}/{variant} was trained with seed {seed} already")
+            challenger = train_config(STYLES[name], base, variant, train_steps, seed=seed)
+            if trial_label(recipe_summary(challenger)) in (trial_label(entry["recipe"]), *entry.get("trials", {})):
+                raise ShiraError(f"{name} {base}/{variant} was trained with seed {seed} and "
+                                 f"{challenger.max_train_steps} steps already")
             incumbents[name, variant] = entry, measured
     if not incumbents:
         return {"base": base, "adapters": {}}
@@ -87,30 +95,31 @@ def reseed(base: str, styles: Sequence[str], variants: Sequence[str], seed: int,
             try:
                 result = train(config)
                 measured = measure_adapter(pipe, bank, name, variant, config.output, shots[name], plain, steps,
-                                           candidates, f"{base} seed {seed}: ")
+                                           candidates, f"{base} {trial_label(recipe_summary(config))}: ")
                 won = standing(measured) > standing(incumbent)
             finally:  # the incumbent back in place unless the challenger won (also on errors)
                 if not won:
                     for f in files:
                         if (Path(kept) / f.name).exists():
                             shutil.move(Path(kept) / f.name, f)
-        trials = {**entry.get("seed_trials", {}), str(entry["recipe"]["seed"]): _summary(incumbent),
-                  str(seed): _summary(measured)}
+        trials = {**entry.get("trials", {}), trial_label(entry["recipe"]): _summary(incumbent),
+                  trial_label(recipe_summary(config)): _summary(measured)}
         key = f"{base}/{variant}"
         if won:
-            update_record(name, key, {**file_entry(config, result), "seed_trials": trials}, replace=True)
+            update_record(name, key, {**file_entry(config, result), "trials": trials}, replace=True)
             write_choice(name, base, variant, choose(measured), len(plan[name]), len(shots[name]), measured)
         else:
-            update_record(name, key, {"seed_trials": trials})
-        results[f"{name}/{variant}"] = {"trials": trials, "kept": seed if won else entry["recipe"]["seed"]}
+            update_record(name, key, {"trials": trials})
+        kept = recipe_summary(config) if won else entry["recipe"]
+        results[f"{name}/{variant}"] = {"trials": trials, "kept": trial_label(kept)}
     return {"base": base, "adapters": results}
 
 
-def format_reseed(result: dict) -> str:
-    lines = [f"base {result['base']}: each training seed at its chosen guidance on the validation images "
-             "(strength / content drop)", "| adapter | seeds | kept |", "| --- | --- | --- |"]
+def format_retrain(result: dict) -> str:
+    lines = [f"base {result['base']}: each training run at its chosen guidance on the validation images "
+             "(strength / content drop)", "| adapter | runs | kept |", "| --- | --- | --- |"]
     for key, r in result["adapters"].items():
-        trials = "; ".join(f"seed {s}: {t['strength']:.0%} / {-t['content_drop'] * 100:+.0f} (g{t['guidance']:g})"
-                           for s, t in r["trials"].items())
+        trials = "; ".join(f"{label}: {t['strength']:.0%} / {-t['content_drop'] * 100:+.0f} (g{t['guidance']:g})"
+                           for label, t in r["trials"].items())
         lines.append(f"| {key} | {trials} | {r['kept']} |")
     return "\n".join(lines)
