@@ -162,13 +162,22 @@ def recommend(base: str, styles: Sequence[str], variants: Sequence[str], count: 
 
 def rechoose(result: dict) -> dict:
     """Apply ``choose`` again to a saved ``recommend`` result (its JSON line) and write the choices
-    into ``style.json``, without generating anything: for a changed rule, or restoring the files."""
-    for key, entry in result["adapters"].items():
+    into ``style.json``, without generating anything: for a changed rule, or restoring the files.
+    Adapters that went through ``styles retrain`` since are left alone (the saved run may have
+    measured the one they replaced; their own figures are in ``style.json``)."""
+    import sys
+
+    for key, entry in list(result["adapters"].items()):
         name, variant = key.split("/")
+        record = json.loads((STYLES_DIR / name / "style.json").read_text())
+        if "trials" in record.get("files", {}).get(f"{result['base']}/{variant}", {}):
+            print(f"{result['base']} {key}: retrained since this run, left as style.json has it", file=sys.stderr)
+            del result["adapters"][key]
+            continue
         measured = {float(g): m for g, m in entry["measured"].items()}
         entry["measured"], entry["guidance"] = measured, choose(measured)
         write_choice(name, result["base"], variant, entry["guidance"], entry["prompts"],
-               entry.get("images", entry["prompts"]), measured)
+                     entry.get("images", entry["prompts"]), measured)
     return result
 
 

@@ -132,7 +132,8 @@ def train_config(spec: StyleSpec, base: str, variant: str, steps: int | None = N
     # keep them: no machine's absolute path lands in the files.
     config = TrainConfig(train_data_dir=_relative(folder / "images"),
                          output=_relative(adapter_path(spec.name, base, variant)), base=base,
-                         trigger=spec.trigger, name=spec.name, description=spec.description, cache_latents=True, extra={"look": spec.look}, **variant_settings(variant),
+                         trigger=spec.trigger, name=spec.name, description=spec.description, cache_latents=True,
+                         extra={"look": spec.look}, **variant_settings(variant),
                          **{**spec.recipe_for(base), **overrides})
     if steps:
         config.max_train_steps = steps

@@ -168,6 +168,11 @@ def test_recommended_guidance_prefers_the_default_side_among_those_meeting_the_t
     assert recommended.rechoose(json.loads(json.dumps(saved)))["adapters"]["night/shira"]["guidance"] == 2.0
     entry = json.loads((tmp_path / "night" / "style.json").read_text())["files"]["toy-sd/shira"]
     assert entry["guidance"] == 2.0 and entry["params"] == 7 and entry["guidance_validation"]["2"]["strength"] == 0.95
+    # An adapter retrained since the saved run keeps what style.json has: the run measured its predecessor.
+    retrained = {"files": {"toy-sd/shira": {"guidance": 3.0, "trials": {"seed 1, 1000 steps": {}}}}}
+    (tmp_path / "night" / "style.json").write_text(json.dumps(retrained))
+    assert recommended.rechoose(json.loads(json.dumps(saved)))["adapters"] == {}
+    assert json.loads((tmp_path / "night" / "style.json").read_text()) == retrained
 
 
 def test_every_bundled_adapter_carries_the_guidance_its_validation_chose():
