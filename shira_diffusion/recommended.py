@@ -54,14 +54,18 @@ def meets_targets(m: dict) -> bool:
     return m["strength"] >= STRENGTH_TARGET and m["content_drop"] <= CONTENT_DROP_LIMIT + 1e-9
 
 
+def net_strength(m: dict) -> float:
+    """Strength less content lost; a content gain counts as none (within validation noise)."""
+    return m["strength"] - max(0.0, m["content_drop"])
+
+
 def choose(measured: dict[float, dict]) -> float:
     """The highest guidance that meets both targets (the default side: least change from what
-    users expect); else the best strength less content lost (a content gain counts as none: at
-    50 prompts it is noise). ``measured``: guidance -> {"strength", "content_drop"}."""
+    users expect); else the best ``net_strength``. ``measured``: guidance -> {"strength", "content_drop"}."""
     meeting = [g for g, m in measured.items() if meets_targets(m)]
     if meeting:
         return max(meeting)
-    return max(measured, key=lambda g: (measured[g]["strength"] - max(0.0, measured[g]["content_drop"]), g))
+    return max(measured, key=lambda g: (net_strength(measured[g]), g))
 
 
 def recorded_guidance(style: str, base: str, variant: str = "shira") -> float | None:
@@ -88,7 +92,7 @@ def standing(measured: dict[float, dict]) -> tuple[bool, float]:
     """How well an adapter does at its chosen guidance, for comparing adapters of one style (such as
     two training seeds): meeting both targets first, then strength less content lost."""
     m = measured[choose(measured)]
-    return meets_targets(m), m["strength"] - max(0.0, m["content_drop"])
+    return meets_targets(m), net_strength(m)
 
 
 def plain_content(pipe, shots: Sequence[tuple[str, int]], steps: int, candidates: Sequence[float],

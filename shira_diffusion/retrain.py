@@ -73,7 +73,7 @@ def retrain(base: str, styles: Sequence[str], variants: Sequence[str], seed: int
             if trial_label(recipe_summary(challenger)) in (trial_label(entry["recipe"]), *entry.get("trials", {})):
                 raise ShiraError(f"{name} {base}/{variant} was trained with seed {seed} and "
                                  f"{challenger.max_train_steps} steps already")
-            incumbents[name, variant] = entry, measured
+            incumbents[name, variant] = entry, measured, challenger
     if not incumbents:
         return {"base": base, "adapters": {}}
     pipe = load_pipeline(base)
@@ -82,8 +82,7 @@ def retrain(base: str, styles: Sequence[str], variants: Sequence[str], seed: int
     plain = plain_content(pipe, needed, steps, candidates, f"{base}: ")
     bank = StyleBank(pipe.unet)
     results = {}
-    for (name, variant), (entry, incumbent) in incumbents.items():
-        config = train_config(STYLES[name], base, variant, train_steps, seed=seed)
+    for (name, variant), (entry, incumbent, config) in incumbents.items():
         files = [Path(p) for key, p in output_paths(config.output).items() if key in ("adapter", "record", "loss_curve")]
         with tempfile.TemporaryDirectory() as kept:
             # The incumbent's files wait aside while the challenger trains in their place (its

@@ -61,7 +61,8 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     import dataclasses
     import json
 
-    from shira_diffusion import evaluate, generate, styles
+    # recommended imported before generate.STYLES_DIR is patched: it copies the folder at import.
+    from shira_diffusion import evaluate, generate, recommended, styles  # noqa: F401
     from shira_diffusion.evaluate import eval_styles, format_styles_table
 
     monkeypatch.setattr(evaluate, "STYLES_DIR", tmp_path)
