@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "style's recommended one, from its style.json; else 5)")
     gen.add_argument(
         "--style", action="append", default=[], metavar="FILE_OR_NAME[=WEIGHT]",
-        help="fuse a style adapter (repeatable: a mix); its trigger word is added to the prompt",
+        help="fuse a style adapter (repeatable: a mix); its trigger word is added to the prompt. WEIGHT "
+             "defaults to 1, or for a single bundled style to its recommended weight (style.json)",
     )
     gen.add_argument("--config", help="for a single-file checkpoint: a local diffusers folder of its architecture")
     return parser
@@ -200,7 +201,7 @@ def _cmd_generate(args) -> None:
                 prompts = [line.strip() for line in handle if line.strip()]
         except OSError as exc:
             raise ShiraError(f"cannot read prompts file: {exc}") from None
-    from .recommended import DEFAULT_GUIDANCE, default_guidance
+    from .recommended import DEFAULT_GUIDANCE, default_guidance, default_weight
 
     styles = [parse_style(s) for s in args.style]
     base_name = os.path.basename(os.path.normpath(args.base))
@@ -208,6 +209,10 @@ def _cmd_generate(args) -> None:
     if args.guidance is None and guidance != DEFAULT_GUIDANCE:
         print(f"guidance {guidance:g}: recommended for {styles[0][0]} on {base_name} (style.json; --guidance sets it)",
               file=sys.stderr)
+    if len(styles) == 1 and "=" not in args.style[0] and default_weight(styles, base_name) != 1.0:
+        styles = [(styles[0][0], default_weight(styles, base_name))]
+        print(f"weight {styles[0][1]:g}: recommended for {styles[0][0]} on {base_name} (style.json; "
+              f"{styles[0][0]}=WEIGHT sets it)", file=sys.stderr)
     pipe = load_pipeline(args.base, single_file_config=args.config)
     pipe.set_progress_bar_config(disable=True)
     images = generate(pipe, prompts, seed=args.seed, steps=args.steps, guidance_scale=guidance, styles=styles,

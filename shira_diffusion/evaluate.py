@@ -81,21 +81,23 @@ def generate_batched(pipe, prompts: Sequence[str], steps: int = 20, guidance_sca
 
 
 @contextmanager
-def applied_adapter(pipe, bank: StyleBank, path, kind: str):
-    """A bundled adapter file in use on ``pipe`` inside the block: SHiRA fused through ``bank``,
-    LoRA loaded through diffusers (as users load it); removed again afterwards."""
+def applied_adapter(pipe, bank: StyleBank, path, kind: str, weight: float = 1.0):
+    """A bundled adapter file in use on ``pipe`` at ``weight`` inside the block: SHiRA fused through
+    ``bank``, LoRA loaded through diffusers (as users load it); removed again afterwards."""
     from .styles import variant_settings
 
     if variant_settings(kind)["adapter"] == "shira":
         bank.load(str(path), name="evaluated")
         try:
-            with bank.use({"evaluated": 1.0}):
+            with bank.use({"evaluated": weight}):
                 yield
         finally:
             bank.remove("evaluated")
     else:
         pipe.load_lora_weights(str(path), adapter_name="evaluated")
         try:
+            if weight != 1.0:
+                pipe.set_adapters(["evaluated"], [weight])
             yield
         finally:
             pipe.delete_adapters("evaluated")
@@ -126,8 +128,9 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
     """For each bundled style and adapter variant (``styles.VARIANTS``; default: every one whose
     file exists) on ``base``: strength, content accuracy and its drop from the base's own, the
     VAE's ceiling for the look, training time, parameters, file size. ``guidance_scale``: a scale,
-    or ``"recommended"``: each adapter's own from ``style.json`` (``recommended.py``; 5 where
-    there is none), its content drop taken against the base's own at that scale. ``sheet``: a PNG
+    or ``"recommended"``: each adapter's own guidance and weight from ``style.json``
+    (``recommended.py``; 5 and 1 where there are none), its content drop taken against the base's
+    own at that scale. ``sheet``: a PNG
     path for the first images of every row (plain, then each style and variant), labelled."""
     from .bases import load_pipeline
     from .recommended import DEFAULT_GUIDANCE
@@ -170,19 +173,20 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
                 continue
             info = files.get(f"{base}/{kind}", {})
             g = info.get("guidance", DEFAULT_GUIDANCE) if per_adapter else default
-            with applied_adapter(pipe, bank, path, kind):
-                images = generate_batched(pipe, triggered, steps, g, desc=f"{base}: {name} {kind} g{g:g}")
-            rows[f"{name} {kind}" + (f" g{g:g}" if per_adapter else "")] = images[:SHEET_COLUMNS]
+            w = info.get("weight", 1.0) if per_adapter else 1.0
+            with applied_adapter(pipe, bank, path, kind, w):
+                images = generate_batched(pipe, triggered, steps, g, desc=f"{base}: {name} {kind} g{g:g} w{w:g}")
+            rows[f"{name} {kind}" + (f" g{g:g} w{w:g}" if per_adapter else "")] = images[:SHEET_COLUMNS]
             content = content_scores(images, expected, looks=[spec.look])["all"]
             result["styles"][f"{name}/{kind}"] = {
-                "style": name, "adapter": kind, "mask": info.get("mask"), "guidance": g,
+                "style": name, "adapter": kind, "mask": info.get("mask"), "guidance": g, "weight": w,
                 "strength": style_strength(images, spec.look), "content": content,
                 "content_drop": plain_at(g) - content, "params": info.get("params"),
                 "train_seconds": info.get("seconds"), "file_mb": round(os.path.getsize(path) / 2**20, 3),
             }
     result["plain_by_guidance"] = {f"{g:g}": c for g, c in sorted(plain_content.items())}
     if sheet:
-        which = "each adapter's recommended guidance" if per_adapter else f"guidance {default:g}"
+        which = "each adapter's recommended guidance and weight" if per_adapter else f"guidance {default:g}"
         save_sheet(rows, sheet, title=f"{base}: held-out prompts, image i with seed i, {which}")
     return result
 
@@ -217,17 +221,20 @@ def format_styles_table(result: dict) -> str:
     guidance = result.get("guidance_scale", 5.0)
     if guidance == "recommended":
         plain = ", ".join(f"{c:.1%} at {g}" for g, c in result.get("plain_by_guidance", {}).items())
-        head = f"base {result['base']}: plain content {plain} on {result['prompts']} prompts (each adapter at its recommended guidance)"
+        head = (f"base {result['base']}: plain content {plain} on {result['prompts']} prompts "
+                "(each adapter at its recommended guidance and weight)")
     else:
         head = f"base {result['base']}: plain content {result['plain']['content']:.1%} on {result['prompts']} prompts (guidance {guidance:g})"
     lines = [head + "; VAE ceiling = strength / content of rendered styled scenes after the base's VAE",
-             "| style | adapter | guidance | strength | content | drop | VAE ceiling | params | train s | file MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| style | adapter | guidance | weight | strength | content | drop | VAE ceiling | params | train s "
+             "| file MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["styles"].values():
         ceiling = result.get("ceiling", {}).get(r["style"])
         ceiling_text = f"{ceiling['strength']:.0%} / {ceiling['content']:.0%}" if ceiling else "?"
         guidance = r.get("guidance", result.get("guidance_scale", 5.0))
-        lines.append(f"| {r['style']} | {r['adapter']} | {guidance:g} | {r['strength']:.0%} | {r['content']:.0%} | "
+        lines.append(f"| {r['style']} | {r['adapter']} | {guidance:g} | {r.get('weight', 1.0):g} | "
+                     f"{r['strength']:.0%} | {r['content']:.0%} | "
                      f"{-r['content_drop'] * 100:+.0f} pt | {ceiling_text} | {r['params'] or '?'} | "
                      f"{r['train_seconds'] or '?'} | {r['file_mb']} |")
     return "\n".join(lines)

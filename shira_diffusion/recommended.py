@@ -1,15 +1,22 @@
-"""Each bundled adapter's recommended guidance scale, chosen on validation prompts.
+"""Each bundled adapter's recommended guidance scale and weight, chosen on validation prompts.
 
 Classifier-free guidance extrapolates from the unconditional prediction towards the prompt's,
 which overshoots looks that compress the palette (night's dark colors come out bright at 5) and
-sharpens overlays; style adapters in the wild ship with a recommended guidance for that reason.
-Here it is chosen by measurement, never on the prompts reserved for evaluation: the validation
-prompts of a style are the grammar prompts that are neither reserved nor among its own training
-captions (unseen by its adapters, like the test prompts, but not them): all of them (80-87 per
-style), each at two seeds, since choices between guidances a few points apart need more than the
-50 images a first version used. The choice is written
-into ``style.json``; ``shira generate --style NAME`` uses it when no ``--guidance`` is given, and
-``shira eval styles --guidance recommended`` measures the reserved prompts at it.
+sharpens overlays; the adapter's weight (how much of its delta is fused) trades the look's
+strength against the content it covers. Style adapters in the wild ship with a recommended
+guidance and weight ("use at 0.8") for these reasons. Here both are chosen by measurement, never
+on the prompts reserved for evaluation: the validation prompts of a style are the grammar prompts
+that are neither reserved nor among its own training captions (unseen by its adapters, like the
+test prompts, but not them): all of them (80-87 per style), each at two seeds.
+
+The rule: the setting with the widest margin to the nearer of the two targets (strength 90 %,
+content drop 10 points). An earlier rule took the highest guidance that met both, and choices
+met by a point on validation (pastel at 91 %) missed on other prompts; the margin is what carries
+over. Guidance is chosen first among ``CANDIDATES`` at weight 1, then the weight by a line search
+from 1 at that guidance (``search_weight``), in the direction of the nearer target. The choice is
+written into ``style.json``; ``shira generate --style NAME`` uses it when no ``--guidance`` or
+``=WEIGHT`` is given, and ``shira eval styles --guidance recommended`` measures the reserved
+prompts at it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ VALIDATION_SEED = 1000  # pool prompt k uses seeds 1000 + k, 2000 + k, ...: none
 SEED_STRIDE = 1000  # more than the pool's size (124 prompts), so no two images share a seed
 SEEDS_PER_PROMPT = 2
 STRENGTH_TARGET, CONTENT_DROP_LIMIT = 0.9, 0.10
+WEIGHT_STEP, MIN_WEIGHT, MAX_WEIGHT = 0.25, 0.25, 2.0
 
 
 def validation_pool(seed: int = 2028) -> list[str]:
@@ -54,45 +62,75 @@ def meets_targets(m: dict) -> bool:
     return m["strength"] >= STRENGTH_TARGET and m["content_drop"] <= CONTENT_DROP_LIMIT + 1e-9
 
 
-def net_strength(m: dict) -> float:
-    """Strength less content lost; a content gain counts as none (within validation noise)."""
-    return m["strength"] - max(0.0, m["content_drop"])
+def margin(m: dict) -> float:
+    """How far the nearer target is cleared (negative: missed by that much), in fractions."""
+    return min(m["strength"] - STRENGTH_TARGET, CONTENT_DROP_LIMIT - m["content_drop"])
 
 
 def choose(measured: dict[float, dict]) -> float:
-    """The highest guidance that meets both targets (the default side: least change from what
-    users expect); else the best ``net_strength``. ``measured``: guidance -> {"strength", "content_drop"}."""
-    meeting = [g for g, m in measured.items() if meets_targets(m)]
-    if meeting:
-        return max(meeting)
-    return max(measured, key=lambda g: (net_strength(measured[g]), g))
+    """The guidance with the widest ``margin``; between equal ones (to 0.1 point) the higher (the
+    default side: least change from what users expect). ``measured``: guidance -> {"strength",
+    "content_drop"}."""
+    return max(measured, key=lambda g: (round(margin(measured[g]), 3), g))
+
+
+def choose_weight(measured: dict[float, dict]) -> float:
+    """The weight with the widest ``margin``; between equal ones the nearest to 1."""
+    return max(measured, key=lambda w: (round(margin(measured[w]), 3), -abs(w - 1.0)))
+
+
+def search_weight(measure, at_one: dict, step: float = WEIGHT_STEP) -> dict[float, dict]:
+    """Line search along the adapter weight from 1: towards more weight where strength is the nearer
+    target, less where content is; on while the margin widens, within [MIN_WEIGHT, MAX_WEIGHT].
+    ``measure(weight)`` -> {"strength", "content_drop", ...}; ``at_one``: the measurement at 1.
+    Returns every weight measured (1 included)."""
+    direction = 1 if at_one["strength"] - STRENGTH_TARGET < CONTENT_DROP_LIMIT - at_one["content_drop"] else -1
+    measured, weight = {1.0: at_one}, 1.0
+    while MIN_WEIGHT - 1e-9 <= weight + direction * step <= MAX_WEIGHT + 1e-9:
+        previous, weight = weight, round(weight + direction * step, 4)
+        measured[weight] = measure(weight)
+        if margin(measured[weight]) <= margin(measured[previous]):
+            break
+    return measured
+
+
+def recorded_entry(style: str, base: str, variant: str = "shira") -> dict:
+    """This adapter's ``style.json`` entry ({} where there is none)."""
+    record_path = STYLES_DIR / style / "style.json"
+    if not record_path.is_file():
+        return {}
+    return json.loads(record_path.read_text()).get("files", {}).get(f"{base}/{variant}", {})
 
 
 def recorded_guidance(style: str, base: str, variant: str = "shira") -> float | None:
     """The guidance ``style.json`` recommends for this adapter, if any."""
-    record_path = STYLES_DIR / style / "style.json"
-    if not record_path.is_file():
-        return None
-    entry = json.loads(record_path.read_text()).get("files", {}).get(f"{base}/{variant}", {})
-    return entry.get("guidance")
+    return recorded_entry(style, base, variant).get("guidance")
+
+
+def _single_bundled(styles: Sequence[tuple[str, float]]) -> str | None:
+    return styles[0][0] if len(styles) == 1 and (STYLES_DIR / styles[0][0]).is_dir() else None
 
 
 def default_guidance(styles: Sequence[tuple[str, float]], base: str) -> float:
     """What ``shira generate`` uses without ``--guidance``: a single bundled style's recommended
     guidance for this base (its SHiRA adapter, the one generate fuses); else the default. Mixes
     keep the default: their guidance is not measured."""
-    if len(styles) == 1:
-        recorded = recorded_guidance(styles[0][0], base) if (STYLES_DIR / styles[0][0]).is_dir() else None
-        if recorded is not None:
-            return float(recorded)
-    return DEFAULT_GUIDANCE
+    name = _single_bundled(styles)
+    recorded = recorded_guidance(name, base) if name else None
+    return DEFAULT_GUIDANCE if recorded is None else float(recorded)
 
 
-def standing(measured: dict[float, dict]) -> tuple[bool, float]:
-    """How well an adapter does at its chosen guidance, for comparing adapters of one style (such as
-    two training seeds): meeting both targets first, then strength less content lost."""
-    m = measured[choose(measured)]
-    return meets_targets(m), net_strength(m)
+def default_weight(styles: Sequence[tuple[str, float]], base: str) -> float:
+    """The weight ``shira generate`` fuses a single bundled style at when none is given (``NAME``
+    rather than ``NAME=WEIGHT``): its recommended one for this base, else 1. Mixes: 1 each."""
+    name = _single_bundled(styles)
+    return float(recorded_entry(name, base).get("weight", 1.0)) if name else 1.0
+
+
+def standing(measured: dict[float, dict]) -> float:
+    """How well an adapter does at its chosen guidance (weight 1), for comparing adapters of one style
+    (such as two training seeds): the margin it clears the nearer target by there."""
+    return margin(measured[choose(measured)])
 
 
 def plain_content(pipe, shots: Sequence[tuple[str, int]], steps: int, candidates: Sequence[float],
@@ -113,8 +151,10 @@ def plain_content(pipe, shots: Sequence[tuple[str, int]], steps: int, candidates
 
 
 def measure_adapter(pipe, bank, style: str, variant: str, path, shots: Sequence[tuple[str, int]], plain_right: dict,
-                    steps: int = 20, candidates: Sequence[float] = CANDIDATES, desc: str = "") -> dict:
-    """Strength, content and content drop of one adapter file at every candidate guidance."""
+                    steps: int = 20, candidates: Sequence[float] = CANDIDATES, desc: str = "",
+                    weight: float = 1.0) -> dict:
+    """Strength, content and content drop of one adapter file (fused at ``weight``) at every
+    candidate guidance."""
     from .bench_generate import content_scores
     from .evaluate import applied_adapter, generate_batched
     from .styles import STYLES
@@ -123,9 +163,9 @@ def measure_adapter(pipe, bank, style: str, variant: str, path, shots: Sequence[
     triggered = [with_triggers(p, [spec.trigger]) for p, _ in shots]
     expected = [parse_prompt(p) for p, _ in shots]
     measured = {}
-    with applied_adapter(pipe, bank, path, variant):
+    with applied_adapter(pipe, bank, path, variant, weight):
         for g in candidates:
-            images = generate_batched(pipe, triggered, steps, g, desc=f"{desc}{style} {variant} g{g:g}",
+            images = generate_batched(pipe, triggered, steps, g, desc=f"{desc}{style} {variant} g{g:g} w{weight:g}",
                                       seeds=[seed for _, seed in shots])
             content = content_scores(images, expected, looks=[spec.look])["all"]
             plain = float(np.mean([plain_right[shot, g] for shot in shots]))
@@ -134,41 +174,79 @@ def measure_adapter(pipe, bank, style: str, variant: str, path, shots: Sequence[
     return measured
 
 
+def tune_weight(pipe, bank, style: str, variant: str, path, shots: Sequence[tuple[str, int]], plain_right: dict,
+                measured: dict[float, dict], steps: int = 20, desc: str = "") -> tuple[float, float, dict]:
+    """The guidance chosen from ``measured`` (weight 1), and the weight searched at it:
+    (guidance, weight, every weight's measurement). ``plain_right`` must cover that guidance."""
+    guidance = choose(measured)
+    weights = search_weight(lambda w: measure_adapter(pipe, bank, style, variant, path, shots, plain_right, steps,
+                                                      [guidance], desc, weight=w)[guidance], measured[guidance])
+    return guidance, choose_weight(weights), weights
+
+
+def recorded_measurements(style: str, base: str, variant: str, prompts: int, images: int,
+                          candidates: Sequence[float]) -> dict[float, dict]:
+    """The guidance measurements ``style.json`` holds for this adapter, which must be of these
+    validation images and candidates."""
+    from .errors import ShiraError
+
+    validation = dict(recorded_entry(style, base, variant).get("guidance_validation", {}))
+    found = (validation.pop("prompts", None), validation.pop("images", None))
+    measured = {float(g): m for g, m in validation.items()}
+    if found != (prompts, images) or set(measured) != set(candidates):
+        raise ShiraError(f"{style} {base}/{variant}: style.json has no guidance measurements of the current "
+                         "validation images at every candidate; run recommend without --reuse-guidance")
+    return measured
+
+
 def recommend(base: str, styles: Sequence[str], variants: Sequence[str], count: int | None = None,
               seeds_per_prompt: int = SEEDS_PER_PROMPT, steps: int = 20,
-              candidates: Sequence[float] = CANDIDATES) -> dict:
-    """Measure every adapter at every candidate guidance on its style's validation images, choose,
-    and write the choice (with the measurements) into each ``style.json``. Returns the results."""
+              candidates: Sequence[float] = CANDIDATES, reuse_guidance: bool = False) -> dict:
+    """Measure every adapter at every candidate guidance on its style's validation images, choose
+    the guidance, search the weight at it, and write the choice (with the measurements) into each
+    ``style.json``. ``reuse_guidance``: take the guidance measurements ``style.json`` already holds
+    for these images (a run that measured them, or ``styles retrain``) and measure only weights.
+    Returns the results."""
     from .bank import StyleBank
     from .bases import load_pipeline
     from .styles import adapter_path
 
-    pipe = load_pipeline(base)
-    pipe.set_progress_bar_config(disable=True)
     plan = {name: validation_prompts(name, count) for name in styles}
     shots = {name: validation_images(prompts, seeds_per_prompt) for name, prompts in plan.items()}
-    plain_right = plain_content(pipe, [shot for s in shots.values() for shot in s], steps, candidates, f"{base}: ")
+    todo = [(name, variant, adapter_path(name, base, variant)) for name in styles for variant in variants
+            if adapter_path(name, base, variant).is_file()]
+    recorded = {(name, variant): recorded_measurements(name, base, variant, len(plan[name]), len(shots[name]),
+                                                       candidates)
+                for name, variant, _ in todo} if reuse_guidance else {}
+    pipe = load_pipeline(base)
+    pipe.set_progress_bar_config(disable=True)
+    # The base's own content on each image, at each guidance some adapter is measured at.
+    plain_right = {}
+    for g in candidates:
+        users = [name for name, variant, _ in todo if not reuse_guidance or choose(recorded[name, variant]) == g]
+        if users:
+            plain_right.update(plain_content(pipe, [shot for name in dict.fromkeys(users) for shot in shots[name]],
+                                             steps, [g], f"{base}: "))
     bank = StyleBank(pipe.unet)
     results = {}
-    for name in styles:
-        for variant in variants:
-            path = adapter_path(name, base, variant)
-            if not path.is_file():
-                continue
-            measured = measure_adapter(pipe, bank, name, variant, path, shots[name], plain_right, steps, candidates,
-                                       f"{base}: ")
-            chosen = choose(measured)
-            results[f"{name}/{variant}"] = {"guidance": chosen, "prompts": len(plan[name]),
-                                            "images": len(shots[name]), "measured": measured}
-            write_choice(name, base, variant, chosen, len(plan[name]), len(shots[name]), measured)
+    for name, variant, path in todo:
+        measured = recorded.get((name, variant)) or measure_adapter(
+            pipe, bank, name, variant, path, shots[name], plain_right, steps, candidates, f"{base}: ")
+        guidance, weight, weights = tune_weight(pipe, bank, name, variant, path, shots[name], plain_right, measured,
+                                                steps, f"{base}: ")
+        results[f"{name}/{variant}"] = {"guidance": guidance, "weight": weight, "prompts": len(plan[name]),
+                                        "images": len(shots[name]), "measured": measured, "weights": weights}
+        write_choice(name, base, variant, guidance, len(plan[name]), len(shots[name]), measured, weight, weights)
     return {"base": base, "candidates": list(candidates), "steps": steps, "adapters": results}
 
 
 def rechoose(result: dict) -> dict:
     """Apply ``choose`` again to a saved ``recommend`` result (its JSON line) and write the choices
     into ``style.json``, without generating anything: for a changed rule, or restoring the files.
-    Adapters that went through ``styles retrain`` since are left alone (the saved run may have
-    measured the one they replaced; their own figures are in ``style.json``)."""
+    The weights measured are kept where the guidance stays; where it moves, weight 1 (the saved
+    run measured no other weight there). Adapters that went through ``styles retrain`` since are
+    left alone (the saved run may have measured the one they replaced; their own figures are in
+    ``style.json``)."""
     import sys
 
     for key, entry in list(result["adapters"].items()):
@@ -179,28 +257,44 @@ def rechoose(result: dict) -> dict:
             del result["adapters"][key]
             continue
         measured = {float(g): m for g, m in entry["measured"].items()}
-        entry["measured"], entry["guidance"] = measured, choose(measured)
-        write_choice(name, result["base"], variant, entry["guidance"], entry["prompts"],
-                     entry.get("images", entry["prompts"]), measured)
+        guidance = choose(measured)
+        weights = {float(w): m for w, m in entry.get("weights", {}).items()}
+        if guidance != entry["guidance"] or not weights:
+            weights = {1.0: measured[guidance]}
+        entry.update(measured=measured, guidance=guidance, weights=weights, weight=choose_weight(weights))
+        write_choice(name, result["base"], variant, guidance, entry["prompts"], entry.get("images", entry["prompts"]),
+                     measured, entry["weight"], weights)
     return result
 
 
-def write_choice(style: str, base: str, variant: str, guidance: float, prompts: int, images: int, measured: dict) -> None:
+def _rounded(measured: dict) -> dict:
+    return {f"{k:g}": {name: round(v, 4) for name, v in m.items()} for k, m in measured.items()}
+
+
+def write_choice(style: str, base: str, variant: str, guidance: float, prompts: int, images: int, measured: dict,
+                 weight: float = 1.0, weights: dict | None = None) -> None:
+    """Record the chosen guidance and weight with what they were chosen on: every candidate
+    guidance at weight 1, and every weight tried at the chosen guidance."""
     from .styles import update_record
 
-    update_record(style, f"{base}/{variant}", {"guidance": guidance, "guidance_validation": {
-        "prompts": prompts, "images": images, **{
-        f"{g:g}": {k: round(v, 4) for k, v in m.items()} for g, m in measured.items()}}})
+    update_record(style, f"{base}/{variant}", {
+        "guidance": guidance, "guidance_validation": {"prompts": prompts, "images": images, **_rounded(measured)},
+        "weight": weight, "weight_validation": {"guidance": guidance,
+                                                **_rounded(weights or {1.0: measured[guidance]})}})
 
 
 def format_recommendations(result: dict) -> str:
-    lines = [f"base {result['base']}: guidance chosen on each style's validation prompts "
-             f"(strength / content drop at each candidate)",
-             "| adapter | prompts | images | " + " | ".join(f"g{g:g}" for g in result["candidates"]) + " | chosen |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in result["candidates"]) + " | --- |"]
+    cell = lambda m: f"{m['strength']:.0%} / {-m['content_drop'] * 100:+.0f}"  # noqa: E731
+    lines = [f"base {result['base']}: guidance and weight chosen on each style's validation images "
+             f"(strength / content drop at each candidate guidance at weight 1, then at each weight tried)",
+             "| adapter | prompts | images | " + " | ".join(f"g{g:g}" for g in result["candidates"])
+             + " | weights tried | chosen |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in result["candidates"]) + " | --- | --- |"]
     for key, r in result["adapters"].items():
-        cells = [f"{r['measured'][g]['strength']:.0%} / {-r['measured'][g]['content_drop'] * 100:+.0f}"
-                 for g in result["candidates"]]
-        lines.append(f"| {key} | {r['prompts']} | {r.get('images', r['prompts'])} | " + " | ".join(cells)
-                     + f" | {r['guidance']:g} |")
+        measured = {float(g): m for g, m in r["measured"].items()}
+        weights = {float(w): m for w, m in r.get("weights", {}).items()}
+        tried = "; ".join(f"w{w:g}: {cell(m)}" for w, m in sorted(weights.items()) if w != 1.0) or "-"
+        lines.append(f"| {key} | {r['prompts']} | {r.get('images', r['prompts'])} | "
+                     + " | ".join(cell(measured[float(g)]) for g in result["candidates"])
+                     + f" | {tried} | g{r['guidance']:g} w{r.get('weight', 1.0):g} |")
     return "\n".join(lines)

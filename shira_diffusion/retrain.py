@@ -6,8 +6,9 @@ batches and noise) moves a toy style's strength by 10-20 points on some styles (
 trainer's second run differs from the first; trainers keep the better run. Here "better" is
 decided on the validation images of the recommended guidance (``recommended.py``), never on the
 prompts reserved for evaluation: the challenger replaces the incumbent only if it stands better
-at its own chosen guidance (``recommended.standing``). Either way ``style.json`` keeps what each
-run measured (``trials``, by seed and steps).
+at its own chosen guidance (``recommended.standing``), and a winner's weight is then searched as
+``recommend`` does. Either way ``style.json`` keeps what each run measured (``trials``, by seed
+and steps).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .errors import ShiraError
 from .recommended import (CANDIDATES, SEEDS_PER_PROMPT, choose, measure_adapter, meets_targets, plain_content,
-                          standing, validation_images, validation_prompts, write_choice)
+                          standing, tune_weight, validation_images, validation_prompts, write_choice)
 
 
 def trial_label(recipe: dict) -> str:
@@ -106,7 +107,9 @@ def retrain(base: str, styles: Sequence[str], variants: Sequence[str], seed: int
         key = f"{base}/{variant}"
         if won:
             update_record(name, key, {**file_entry(config, result), "trials": trials}, replace=True)
-            write_choice(name, base, variant, choose(measured), len(plan[name]), len(shots[name]), measured)
+            guidance, weight, weights = tune_weight(pipe, bank, name, variant, config.output, shots[name], plain,
+                                                    measured, steps, f"{base} {trial_label(recipe_summary(config))}: ")
+            write_choice(name, base, variant, guidance, len(plan[name]), len(shots[name]), measured, weight, weights)
         else:
             update_record(name, key, {"trials": trials})
         kept = recipe_summary(config) if won else entry["recipe"]

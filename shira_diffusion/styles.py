@@ -17,6 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs there are on the user
+    fcntl = None
+
 from .generate import STYLES_DIR
 from .masks import DEFAULT_MASK, MASK_STRATEGIES
 from .toy.looks import LOOKS
@@ -173,11 +178,15 @@ def update_record(style: str, key: str, entry: dict, replace: bool = False, **fi
     ``fields``. Read just before writing: builds and ``recommend`` runs may update other entries
     alongside."""
     record_path = STYLES_DIR / style / "style.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    record.update(fields)
-    files = record.setdefault("files", {})
-    files[key] = entry if replace else {**files.get(key, {}), **entry}
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(record_path.with_name(".style.json.lock"), "w") as lock:
+        if fcntl:  # runs for two bases side by side update one style's file: one at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        record.update(fields)
+        files = record.setdefault("files", {})
+        files[key] = entry if replace else {**files.get(key, {}), **entry}
+        record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def main(argv=None) -> None:
@@ -189,7 +198,8 @@ def main(argv=None) -> None:
     b.add_argument("--adapter", action="append", dest="variants", choices=VARIANTS,
                    help=f"default: {' and '.join(BUILT_BY_DEFAULT)}; shira-<mask> trains SHiRA with another mask")
     b.add_argument("--steps", type=int, help="override the default number of training steps")
-    r = commands.add_parser("recommend", help="choose each adapter's guidance on validation prompts (recommended.py)")
+    r = commands.add_parser("recommend", help="choose each adapter's guidance and weight on validation prompts "
+                            "(recommended.py)")
     r.add_argument("--style", action="append", choices=sorted(STYLES), help="default: all")
     r.add_argument("--base", action="append", help="default: toy-sd and toy-sdxl")
     r.add_argument("--adapter", action="append", dest="variants", choices=VARIANTS,
@@ -197,6 +207,8 @@ def main(argv=None) -> None:
     r.add_argument("--prompts", type=int, help="validation prompts per style (default: all, 80-87)")
     r.add_argument("--seeds-per-prompt", type=int, default=2, help="images per validation prompt (default 2)")
     r.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
+    r.add_argument("--reuse-guidance", action="store_true", help="take the guidance measurements style.json "
+                   "holds for the current validation images, and measure only weights")
     r.add_argument("--measured", metavar="FILE", help="choose again from a saved run's output (its JSON "
                    "line) and write style.json, generating nothing")
     s = commands.add_parser("retrain", help="train adapters again (another seed, more steps); keep whichever does "
@@ -235,7 +247,7 @@ def main(argv=None) -> None:
         return
     for base in args.base or ["toy-sd", "toy-sdxl"]:
         result = recommend(base, args.style or list(STYLES), args.variants or BUILT_BY_DEFAULT, count=args.prompts,
-                           seeds_per_prompt=args.seeds_per_prompt)
+                           seeds_per_prompt=args.seeds_per_prompt, reuse_guidance=args.reuse_guidance)
         print(format_recommendations(result))
         if args.json:
             print(json.dumps(result))

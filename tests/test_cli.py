@@ -98,7 +98,7 @@ def test_switch_benchmark_runs_every_contender(mask):
     json.dumps(result)
 
 
-def test_generate_uses_a_single_bundled_styles_recommended_guidance(tmp_path, monkeypatch, capsys):
+def test_generate_uses_a_single_bundled_styles_recommended_guidance_and_weight(tmp_path, monkeypatch, capsys):
     import shutil
     from pathlib import Path
 
@@ -108,7 +108,8 @@ def test_generate_uses_a_single_bundled_styles_recommended_guidance(tmp_path, mo
     bundled = Path(generate_module.STYLES_DIR) / "pastel"
     (tmp_path / "pastel").mkdir()
     shutil.copy(bundled / "pastel.toy-sd.safetensors", tmp_path / "pastel")
-    (tmp_path / "pastel" / "style.json").write_text(json.dumps({"files": {"toy-sd/shira": {"guidance": 2.0}}}))
+    recommended_setting = {"guidance": 2.0, "weight": 1.25}
+    (tmp_path / "pastel" / "style.json").write_text(json.dumps({"files": {"toy-sd/shira": recommended_setting}}))
     monkeypatch.setattr(generate_module, "STYLES_DIR", tmp_path)
     monkeypatch.setattr(recommended, "STYLES_DIR", tmp_path)
     from PIL import Image
@@ -119,7 +120,10 @@ def test_generate_uses_a_single_bundled_styles_recommended_guidance(tmp_path, mo
     out = str(tmp_path / "x.png")
     main(["generate", "--base", "toy-sd", "--prompt", "a red circle on a blue background", "--style", "pastel",
           "--out", out])
-    assert used[-1]["guidance_scale"] == 2.0 and "recommended for pastel" in capsys.readouterr().err
+    assert used[-1]["guidance_scale"] == 2.0 and used[-1]["styles"] == [("pastel", 1.25)]
+    assert "weight 1.25: recommended for pastel" in capsys.readouterr().err
+    main(["generate", "--base", "toy-sd", "--prompt", "a red circle", "--style", "pastel=1", "--out", out])
+    assert used[-1]["styles"] == [("pastel", 1.0)]  # a weight given is the weight used
     main(["generate", "--base", "toy-sd", "--prompt", "a red circle", "--style", "pastel", "--guidance", "7",
           "--out", out])
     assert used[-1]["guidance_scale"] == 7.0

@@ -113,6 +113,16 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     entry = json.loads((tmp_path / "pastel" / "style.json").read_text())["files"]["toy-sd/shira"]
     assert entry["guidance"] == chosen["adapters"]["pastel/shira"]["guidance"] in (5.0, 2.0)
     assert set(entry["guidance_validation"]) == {"prompts", "images", "5", "2"} and entry["recipe"]  # the build's entry kept
+    assert entry["weight_validation"]["guidance"] == entry["guidance"] and len(entry["weight_validation"]) >= 3
+    assert entry["weight"] == chosen["adapters"]["pastel/shira"]["weight"] in (0.75, 1.0, 1.25)
+    # --reuse-guidance: the guidance measurements style.json holds, weights measured again (the same).
+    again = recommended.recommend("toy-sd", ["pastel"], ["shira"], count=2, steps=2, candidates=(5.0, 2.0),
+                                  reuse_guidance=True)["adapters"]["pastel/shira"]
+    assert (again["guidance"], again["weight"]) == (entry["guidance"], entry["weight"])
+    assert again["measured"] == {float(g): m for g, m in entry["guidance_validation"].items() if g[0].isdigit()}
+    with pytest.raises(ShiraError, match="without --reuse-guidance"):  # measured on other images
+        recommended.recommend("toy-sd", ["pastel"], ["shira"], count=1, steps=2, candidates=(5.0, 2.0),
+                              reuse_guidance=True)
     assert "pastel/lora" in recommended.format_recommendations(chosen)
     assert recommended.default_guidance([("pastel", 1.0)], "toy-sd") == entry["guidance"]
     assert recommended.default_guidance([("pastel", 1.0), ("night", 1.0)], "toy-sd") == 5.0
@@ -142,21 +152,34 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
         retrain.retrain("toy-sd", ["pastel"], ["shira"], seed=1, train_steps=1, count=2)
     per_adapter = eval_styles("toy-sd", ["pastel"], ["shira", "lora"], count=2, steps=2, guidance_scale="recommended")
     assert per_adapter["styles"]["pastel/shira"]["guidance"] == entry["guidance"]
+    assert per_adapter["styles"]["pastel/shira"]["weight"] == entry["weight"]
     assert "5" in per_adapter["plain_by_guidance"] and "recommended" in format_styles_table(per_adapter)
 
 
-def test_recommended_guidance_prefers_the_default_side_among_those_meeting_the_targets(tmp_path, monkeypatch):
+def test_recommended_setting_clears_the_nearer_target_by_the_widest_margin(tmp_path, monkeypatch):
     import json
 
     from shira_diffusion import recommended
-    from shira_diffusion.recommended import choose
+    from shira_diffusion.recommended import MAX_WEIGHT, choose, choose_weight, search_weight
 
     row = lambda strength, drop: {"strength": strength, "content_drop": drop}  # noqa: E731
-    assert choose({5.0: row(0.95, 0.02), 3.0: row(0.99, 0.01)}) == 5.0  # both meet: the higher guidance
-    assert choose({5.0: row(0.50, 0.02), 2.0: row(0.92, 0.08), 1.0: row(0.97, 0.09)}) == 2.0
-    # None meets: the best strength less content lost (a content gain counts as none).
-    assert choose({5.0: row(0.72, -0.02), 3.0: row(0.72, 0.08), 2.0: row(0.74, 0.10)}) == 5.0
-    assert choose({5.0: row(0.50, 0.04), 2.0: row(0.78, 0.02), 1.0: row(0.82, 0.10)}) == 2.0
+    assert choose({5.0: row(0.95, 0.02), 3.0: row(0.99, 0.01)}) == 3.0  # margins 5 and 9 points
+    assert choose({5.0: row(0.95, 0.02), 3.0: row(0.97, 0.05)}) == 5.0  # equal margins: the higher guidance
+    assert choose({5.0: row(0.91, 0.00), 2.0: row(0.94, 0.05)}) == 2.0  # met by a point loses to met by four
+    # None meets: the smallest miss of the nearer target.
+    assert choose({5.0: row(0.72, -0.02), 3.0: row(0.72, 0.08), 2.0: row(0.76, 0.12)}) == 2.0
+    assert choose_weight({1.0: row(0.95, 0.05), 1.25: row(0.97, 0.05), 0.75: row(0.93, 0.03)}) == 1.0
+    # The weight search goes up while strength is the nearer target, and stops once the margin narrows.
+    curve = {0.75: row(0.80, 0.00), 1.0: row(0.85, 0.02), 1.25: row(0.91, 0.03), 1.5: row(0.95, 0.09),
+             1.75: row(0.97, 0.15)}
+    tried = []
+    measured = search_weight(lambda w: tried.append(w) or curve[w], curve[1.0])
+    assert tried == [1.25, 1.5] and choose_weight(measured) == 1.25  # 1.5: equal margin, further from 1
+    # Down where content is the nearer target; within the bounds.
+    curve = {1.0: row(1.0, 0.15), 0.75: row(0.99, 0.08), 0.5: row(0.97, 0.06), 0.25: row(0.92, 0.02)}
+    assert choose_weight(search_weight(curve.get, curve[1.0])) == 0.5
+    rising = search_weight(lambda w: row(0.5 + w / 10, 0.0), row(0.6, 0.0))
+    assert max(rising) == MAX_WEIGHT and choose_weight(rising) == MAX_WEIGHT
     # A saved run is chosen again without generating, and written into style.json.
     from shira_diffusion import styles
 
@@ -165,10 +188,15 @@ def test_recommended_guidance_prefers_the_default_side_among_those_meeting_the_t
     (tmp_path / "night").mkdir()
     (tmp_path / "night" / "style.json").write_text(json.dumps({"files": {"toy-sd/shira": {"params": 7}}}))
     saved = {"base": "toy-sd", "candidates": [5.0, 2.0], "adapters": {"night/shira": {
-        "guidance": 5.0, "prompts": 50, "measured": {"5.0": row(0.5, 0.0), "2.0": row(0.95, 0.05)}}}}
-    assert recommended.rechoose(json.loads(json.dumps(saved)))["adapters"]["night/shira"]["guidance"] == 2.0
+        "guidance": 5.0, "prompts": 50, "measured": {"5.0": row(0.5, 0.0), "2.0": row(0.95, 0.05)},
+        "weights": {"1.0": row(0.5, 0.0), "1.5": row(0.7, 0.0)}}}}
+    chosen = recommended.rechoose(json.loads(json.dumps(saved)))["adapters"]["night/shira"]
+    assert chosen["guidance"] == 2.0 and chosen["weight"] == 1.0  # the weights were measured at 5, not 2
     entry = json.loads((tmp_path / "night" / "style.json").read_text())["files"]["toy-sd/shira"]
     assert entry["guidance"] == 2.0 and entry["params"] == 7 and entry["guidance_validation"]["2"]["strength"] == 0.95
+    assert entry["weight_validation"] == {"guidance": 2.0, "1": row(0.95, 0.05)}
+    saved["adapters"]["night/shira"].update(guidance=2.0, weights={"1.0": row(0.95, 0.05), "0.75": row(0.96, 0.0)})
+    assert recommended.rechoose(json.loads(json.dumps(saved)))["adapters"]["night/shira"]["weight"] == 0.75
     # An adapter retrained since the saved run keeps what style.json has: the run measured its predecessor.
     retrained = {"files": {"toy-sd/shira": {"guidance": 3.0, "trials": {"seed 1, 1000 steps": {}}}}}
     (tmp_path / "night" / "style.json").write_text(json.dumps(retrained))
@@ -176,12 +204,13 @@ def test_recommended_guidance_prefers_the_default_side_among_those_meeting_the_t
     assert json.loads((tmp_path / "night" / "style.json").read_text()) == retrained
 
 
-def test_every_bundled_adapter_carries_the_guidance_its_validation_chose():
+def test_every_bundled_adapter_carries_the_guidance_and_weight_its_validation_chose():
     """A rebuilt adapter drops its entry's guidance: run `styles recommend` for it again."""
     import json
 
     from shira_diffusion.generate import STYLES_DIR
-    from shira_diffusion.recommended import CANDIDATES, SEEDS_PER_PROMPT, choose, validation_prompts
+    from shira_diffusion.recommended import (CANDIDATES, SEEDS_PER_PROMPT, choose, choose_weight, search_weight,
+                                             validation_prompts)
     from shira_diffusion.styles import BUILT_BY_DEFAULT, STYLES
 
     for name in STYLES:
@@ -194,4 +223,11 @@ def test_every_bundled_adapter_carries_the_guidance_its_validation_chose():
                 # Every validation prompt of the style, at every seed, at every candidate guidance.
                 assert (prompts, images) == (len(validation_prompts(name)), SEEDS_PER_PROMPT * prompts)
                 assert set(measured) == set(CANDIDATES)
-                assert files[f"{base}/{variant}"]["guidance"] == choose(measured), (name, base, variant)
+                entry = files[f"{base}/{variant}"]
+                assert entry["guidance"] == choose(measured), (name, base, variant)
+                # The weight: searched at that guidance as search_weight goes, from its measurement at 1.
+                weights = {float(w): m for w, m in entry["weight_validation"].items() if w != "guidance"}
+                assert entry["weight_validation"]["guidance"] == entry["guidance"]
+                assert weights[1.0] == measured[entry["guidance"]]
+                assert search_weight(weights.__getitem__, weights[1.0]) == weights, (name, base, variant)
+                assert entry["weight"] == choose_weight(weights), (name, base, variant)
