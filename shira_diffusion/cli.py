@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="how many of the 100 reserved held-out prompts (default: all)")
     ev_styles.add_argument("--steps", type=_positive_int, default=20)
     ev_styles.add_argument("--guidance", type=_guidance, default=5.0, help="classifier-free guidance scale (default "
-                           "5), or 'recommended': each adapter's own, from its style's style.json")
+                           "5, weight 1), or 'recommended': each adapter's own guidance and weight, from its "
+                           "style's style.json")
     ev_styles.add_argument("--sheet", help="write a PNG with the first 8 images of every row (plain, each adapter)")
     ev_styles.add_argument("--json", action="store_true")
 

@@ -36,7 +36,7 @@ VALIDATION_SEED = 1000  # pool prompt k uses seeds 1000 + k, 2000 + k, ...: none
 SEED_STRIDE = 1000  # more than the pool's size (124 prompts), so no two images share a seed
 SEEDS_PER_PROMPT = 2
 STRENGTH_TARGET, CONTENT_DROP_LIMIT = 0.9, 0.10
-WEIGHT_STEP, MIN_WEIGHT, MAX_WEIGHT = 0.25, 0.25, 2.0
+WEIGHT_STEP, MIN_WEIGHT, MAX_WEIGHT = 0.1, 0.3, 2.0  # the looks answer steeply: 0.25 steps overshoot
 
 
 def validation_pool(seed: int = 2028) -> list[str]:
@@ -127,10 +127,16 @@ def default_weight(styles: Sequence[tuple[str, float]], base: str) -> float:
     return float(recorded_entry(name, base).get("weight", 1.0)) if name else 1.0
 
 
-def standing(measured: dict[float, dict]) -> float:
-    """How well an adapter does at its chosen guidance (weight 1), for comparing adapters of one style
-    (such as two training seeds): the margin it clears the nearer target by there."""
-    return margin(measured[choose(measured)])
+def recommended_measurement(entry: dict) -> dict:
+    """What validation measured for an adapter at its recommended guidance and weight (its
+    ``style.json`` entry; weight 1 where no weight was searched)."""
+    guidance, weight = entry["guidance"], entry.get("weight", 1.0)
+    searched = entry.get("weight_validation", {})
+    if searched.get("guidance") == guidance and f"{weight:g}" in searched:
+        return searched[f"{weight:g}"]
+    if weight != 1.0:
+        raise ValueError(f"no measurement at the recommended weight {weight:g}")
+    return entry["guidance_validation"][f"{guidance:g}"]
 
 
 def plain_content(pipe, shots: Sequence[tuple[str, int]], steps: int, candidates: Sequence[float],

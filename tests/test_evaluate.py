@@ -114,7 +114,7 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     assert entry["guidance"] == chosen["adapters"]["pastel/shira"]["guidance"] in (5.0, 2.0)
     assert set(entry["guidance_validation"]) == {"prompts", "images", "5", "2"} and entry["recipe"]  # the build's entry kept
     assert entry["weight_validation"]["guidance"] == entry["guidance"] and len(entry["weight_validation"]) >= 3
-    assert entry["weight"] == chosen["adapters"]["pastel/shira"]["weight"] in (0.75, 1.0, 1.25)
+    assert entry["weight"] == chosen["adapters"]["pastel/shira"]["weight"]
     # --reuse-guidance: the guidance measurements style.json holds, weights measured again (the same).
     again = recommended.recommend("toy-sd", ["pastel"], ["shira"], count=2, steps=2, candidates=(5.0, 2.0),
                                   reuse_guidance=True)["adapters"]["pastel/shira"]
@@ -135,8 +135,8 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
         patched.setattr(retrain, "meets_targets", lambda measured: True)
         assert retrain.retrain("toy-sd", ["pastel"], ["shira"], seed=1, misses_only=True, count=2)["adapters"] == {}
     for challenger_wins in (False, True):
-        order = iter([challenger_wins, not challenger_wins])  # challenger's standing first, incumbent's next
-        monkeypatch.setattr(retrain, "standing", lambda measured, order=order: next(order))
+        order = iter([challenger_wins, not challenger_wins])  # challenger's margin first, incumbent's next
+        monkeypatch.setattr(retrain, "margin", lambda measured, order=order: next(order))
         result = retrain.retrain("toy-sd", ["pastel"], ["shira"], seed=1, train_steps=1 + challenger_wins, count=2,
                                  steps=2, candidates=(5.0, 2.0))
         entry = json.loads((tmp_path / "pastel" / "style.json").read_text())["files"]["toy-sd/shira"]
@@ -173,12 +173,12 @@ def test_recommended_setting_clears_the_nearer_target_by_the_widest_margin(tmp_p
     curve = {0.75: row(0.80, 0.00), 1.0: row(0.85, 0.02), 1.25: row(0.91, 0.03), 1.5: row(0.95, 0.09),
              1.75: row(0.97, 0.15)}
     tried = []
-    measured = search_weight(lambda w: tried.append(w) or curve[w], curve[1.0])
+    measured = search_weight(lambda w: tried.append(w) or curve[w], curve[1.0], step=0.25)
     assert tried == [1.25, 1.5] and choose_weight(measured) == 1.25  # 1.5: equal margin, further from 1
     # Down where content is the nearer target; within the bounds.
     curve = {1.0: row(1.0, 0.15), 0.75: row(0.99, 0.08), 0.5: row(0.97, 0.06), 0.25: row(0.92, 0.02)}
-    assert choose_weight(search_weight(curve.get, curve[1.0])) == 0.5
-    rising = search_weight(lambda w: row(0.5 + w / 10, 0.0), row(0.6, 0.0))
+    assert choose_weight(search_weight(curve.get, curve[1.0], step=0.25)) == 0.5
+    rising = search_weight(lambda w: row(0.5 + w / 10, 0.0), row(0.6, 0.0))  # 0.1 steps up to the bound
     assert max(rising) == MAX_WEIGHT and choose_weight(rising) == MAX_WEIGHT
     # A saved run is chosen again without generating, and written into style.json.
     from shira_diffusion import styles
