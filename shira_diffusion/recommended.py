@@ -81,15 +81,18 @@ def choose_weight(measured: dict[float, dict]) -> float:
 
 def search_weight(measure, at_one: dict, step: float = WEIGHT_STEP) -> dict[float, dict]:
     """Line search along the adapter weight from 1: towards more weight where strength is the nearer
-    target, less where content is; on while the margin widens, within [MIN_WEIGHT, MAX_WEIGHT].
+    target, less where content is; on while the margin widens (by 0.1 point or more, as measured
+    values are stored to 4 decimals), within [MIN_WEIGHT, MAX_WEIGHT].
     ``measure(weight)`` -> {"strength", "content_drop", ...}; ``at_one``: the measurement at 1.
     Returns every weight measured (1 included)."""
-    direction = 1 if at_one["strength"] - STRENGTH_TARGET < CONTENT_DROP_LIMIT - at_one["content_drop"] else -1
+    nearer_is_strength = (round(at_one["strength"] - STRENGTH_TARGET, 3)
+                          < round(CONTENT_DROP_LIMIT - at_one["content_drop"], 3))
+    direction = 1 if nearer_is_strength else -1
     measured, weight = {1.0: at_one}, 1.0
     while MIN_WEIGHT - 1e-9 <= weight + direction * step <= MAX_WEIGHT + 1e-9:
         previous, weight = weight, round(weight + direction * step, 4)
         measured[weight] = measure(weight)
-        if margin(measured[weight]) <= margin(measured[previous]):
+        if round(margin(measured[weight]), 3) <= round(margin(measured[previous]), 3):  # as choose_weight compares
             break
     return measured
 

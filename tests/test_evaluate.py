@@ -178,6 +178,7 @@ def test_recommended_setting_clears_the_nearer_target_by_the_widest_margin(tmp_p
     # Down where content is the nearer target; within the bounds.
     curve = {1.0: row(1.0, 0.15), 0.75: row(0.99, 0.08), 0.5: row(0.97, 0.06), 0.25: row(0.92, 0.02)}
     assert choose_weight(search_weight(curve.get, curve[1.0], step=0.25)) == 0.5
+    assert set(search_weight(lambda w: row(0.92, 0.05), row(0.92, 0.05))) == {1.0, 1.1}  # a tie ends it
     rising = search_weight(lambda w: row(0.5 + w / 10, 0.0), row(0.6, 0.0))  # 0.1 steps up to the bound
     assert max(rising) == MAX_WEIGHT and choose_weight(rising) == MAX_WEIGHT
     # A saved run is chosen again without generating, and written into style.json.
