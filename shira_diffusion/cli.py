@@ -210,8 +210,9 @@ def _cmd_generate(args) -> None:
     if args.guidance is None and guidance != DEFAULT_GUIDANCE:
         print(f"guidance {guidance:g}: recommended for {styles[0][0]} on {base_name} (style.json; --guidance sets it)",
               file=sys.stderr)
-    if len(styles) == 1 and "=" not in args.style[0] and default_weight(styles, base_name) != 1.0:
-        styles = [(styles[0][0], default_weight(styles, base_name))]
+    weight = default_weight(styles, base_name) if len(styles) == 1 and "=" not in args.style[0] else 1.0
+    if weight != 1.0:
+        styles = [(styles[0][0], weight)]
         print(f"weight {styles[0][1]:g}: recommended for {styles[0][0]} on {base_name} (style.json; "
               f"{styles[0][0]}=WEIGHT sets it)", file=sys.stderr)
     pipe = load_pipeline(args.base, single_file_config=args.config)

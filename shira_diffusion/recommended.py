@@ -204,7 +204,8 @@ def recorded_measurements(style: str, base: str, variant: str, prompts: int, ima
     measured = {float(g): m for g, m in validation.items()}
     if found != (prompts, images) or set(measured) != set(candidates):
         raise ShiraError(f"{style} {base}/{variant}: style.json has no guidance measurements of the current "
-                         "validation images at every candidate; run recommend without --reuse-guidance")
+                         f"validation images at every candidate; run `python -m shira_diffusion.styles recommend "
+                         f"--style {style} --base {base}` (without --reuse-guidance) first")
     return measured
 
 

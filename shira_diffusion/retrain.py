@@ -50,7 +50,7 @@ def retrain(base: str, styles: Sequence[str], variants: Sequence[str], seed: int
     """Train each adapter again with ``seed`` (and ``train_steps``, else its recipe's), measure it
     on its style's validation images (the first ``count`` prompts, as ``recommend`` measured the
     incumbent), and keep whichever of the two stands better. With ``misses_only``, only the
-    adapters that miss the targets there at their recommended guidance. Returns what each run
+    adapters that miss the targets there at their recommended guidance and weight. Returns what each run
     measured and which was kept."""
     import json
 

@@ -220,7 +220,7 @@ def main(argv=None) -> None:
     s.add_argument("--adapter", action="append", dest="variants", choices=VARIANTS,
                    help=f"default: {' and '.join(BUILT_BY_DEFAULT)}")
     s.add_argument("--misses", action="store_true", help="only the adapters that miss the targets on their "
-                   "validation images at their recommended guidance")
+                   "validation images at their recommended guidance and weight")
     s.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
     args = parser.parse_args(argv)
     if args.command == "retrain":
