@@ -13,7 +13,8 @@ The rule: the setting with the widest margin to the nearer of the two targets (s
 content drop 10 points). An earlier rule took the highest guidance that met both, and choices
 met by a point on validation (pastel at 91 %) missed on other prompts; the margin is what carries
 over. Guidance is chosen first among ``CANDIDATES`` at weight 1, then the weight by a line search
-from 1 at that guidance (``search_weight``), in the direction of the nearer target. The choice is
+from 1 at that guidance (``search_weight``), in the direction of the nearer target, finished by
+a half step. The choice is
 written into ``style.json``; ``shira generate --style NAME`` uses it when no ``--guidance`` or
 ``=WEIGHT`` is given, and ``shira eval styles --guidance recommended`` measures the reserved
 prompts at it.
@@ -67,33 +68,51 @@ def margin(m: dict) -> float:
     return min(m["strength"] - STRENGTH_TARGET, CONTENT_DROP_LIMIT - m["content_drop"])
 
 
+def _margin_step(m: dict) -> int:
+    """``margin`` in whole tenths of a point (floored), for comparing: measurements are kept to 4
+    decimals, so this is exact where rounding the float margin to 3 decimals is not (a margin of
+    -1.45 points, one side of a tie, rounded to -1.4 or to -1.5 by float error)."""
+    return round(margin(m) * 10000) // 10
+
+
 def choose(measured: dict[float, dict]) -> float:
     """The guidance with the widest ``margin``; between equal ones (to 0.1 point) the higher (the
     default side: least change from what users expect). ``measured``: guidance -> {"strength",
     "content_drop"}."""
-    return max(measured, key=lambda g: (round(margin(measured[g]), 3), g))
+    return max(measured, key=lambda g: (_margin_step(measured[g]), g))
 
 
 def choose_weight(measured: dict[float, dict]) -> float:
-    """The weight with the widest ``margin``; between equal ones the nearest to 1."""
-    return max(measured, key=lambda w: (round(margin(measured[w]), 3), -abs(w - 1.0)))
+    """The weight with the widest ``margin``; between equal ones (to 0.1 point) the nearest to 1."""
+    return max(measured, key=lambda w: (_margin_step(measured[w]), -abs(w - 1.0)))
+
+
+def _toward_nearer_target(m: dict) -> int:
+    """+1 (more weight) where strength is the nearer target, -1 (less) where content is."""
+    to_strength, to_content = (round(10000 * (m["strength"] - STRENGTH_TARGET)),
+                               round(10000 * (CONTENT_DROP_LIMIT - m["content_drop"])))  # exact, as _margin_step
+    return 1 if to_strength < to_content else -1
 
 
 def search_weight(measure, at_one: dict, step: float = WEIGHT_STEP) -> dict[float, dict]:
     """Line search along the adapter weight from 1: towards more weight where strength is the nearer
     target, less where content is; on while the margin widens (by 0.1 point or more, as measured
-    values are stored to 4 decimals), within [MIN_WEIGHT, MAX_WEIGHT].
+    values are stored to 4 decimals), within [MIN_WEIGHT, MAX_WEIGHT]. Then one half step from the
+    best weight towards its nearer target: the looks answer steeply (a 0.1 step moved toy-sdxl
+    halftone LoRA from 97 % / -9 to 90 % / -6), and the balanced weight is often in between.
     ``measure(weight)`` -> {"strength", "content_drop", ...}; ``at_one``: the measurement at 1.
     Returns every weight measured (1 included)."""
-    nearer_is_strength = (round(at_one["strength"] - STRENGTH_TARGET, 3)
-                          < round(CONTENT_DROP_LIMIT - at_one["content_drop"], 3))
-    direction = 1 if nearer_is_strength else -1
+    direction = _toward_nearer_target(at_one)
     measured, weight = {1.0: at_one}, 1.0
     while MIN_WEIGHT - 1e-9 <= weight + direction * step <= MAX_WEIGHT + 1e-9:
         previous, weight = weight, round(weight + direction * step, 4)
         measured[weight] = measure(weight)
-        if round(margin(measured[weight]), 3) <= round(margin(measured[previous]), 3):  # as choose_weight compares
+        if _margin_step(measured[weight]) <= _margin_step(measured[previous]):  # as choose_weight compares
             break
+    best = choose_weight(measured)
+    half = round(best + _toward_nearer_target(measured[best]) * step / 2, 4)
+    if MIN_WEIGHT - 1e-9 <= half <= MAX_WEIGHT + 1e-9 and half not in measured:
+        measured[half] = measure(half)
     return measured
 
 
@@ -178,18 +197,23 @@ def measure_adapter(pipe, bank, style: str, variant: str, path, shots: Sequence[
                                       seeds=[seed for _, seed in shots])
             content = content_scores(images, expected, looks=[spec.look])["all"]
             plain = float(np.mean([plain_right[shot, g] for shot in shots]))
-            measured[g] = {"strength": style_strength(images, spec.look), "content": content,
-                           "content_drop": plain - content}
+            measured[g] = _rounded_measurement({"strength": style_strength(images, spec.look), "content": content,
+                                                "content_drop": plain - content})
     return measured
 
 
 def tune_weight(pipe, bank, style: str, variant: str, path, shots: Sequence[tuple[str, int]], plain_right: dict,
-                measured: dict[float, dict], steps: int = 20, desc: str = "") -> tuple[float, float, dict]:
+                measured: dict[float, dict], steps: int = 20, desc: str = "",
+                known: dict[float, dict] | None = None) -> tuple[float, float, dict]:
     """The guidance chosen from ``measured`` (weight 1), and the weight searched at it:
-    (guidance, weight, every weight's measurement). ``plain_right`` must cover that guidance."""
+    (guidance, weight, every weight's measurement). ``plain_right`` must cover that guidance.
+    ``known``: weights already measured at that guidance on these images (generation is
+    deterministic, so they are taken, not generated again)."""
     guidance = choose(measured)
-    weights = search_weight(lambda w: measure_adapter(pipe, bank, style, variant, path, shots, plain_right, steps,
-                                                      [guidance], desc, weight=w)[guidance], measured[guidance])
+    known = known or {}
+    weights = search_weight(lambda w: known.get(w) or measure_adapter(
+        pipe, bank, style, variant, path, shots, plain_right, steps, [guidance], desc, weight=w)[guidance],
+        measured[guidance])
     return guidance, choose_weight(weights), weights
 
 
@@ -209,13 +233,23 @@ def recorded_measurements(style: str, base: str, variant: str, prompts: int, ima
     return measured
 
 
+def recorded_weights(style: str, base: str, variant: str, guidance: float) -> dict[float, dict]:
+    """The weight measurements ``style.json`` holds for this adapter at ``guidance`` (of the same
+    validation images as its guidance measurements: ``write_choice`` writes both together)."""
+    searched = dict(recorded_entry(style, base, variant).get("weight_validation", {}))
+    if searched.pop("guidance", None) != guidance:
+        return {}
+    return {float(w): m for w, m in searched.items()}
+
+
 def recommend(base: str, styles: Sequence[str], variants: Sequence[str], count: int | None = None,
               seeds_per_prompt: int = SEEDS_PER_PROMPT, steps: int = 20,
               candidates: Sequence[float] = CANDIDATES, reuse_guidance: bool = False) -> dict:
     """Measure every adapter at every candidate guidance on its style's validation images, choose
     the guidance, search the weight at it, and write the choice (with the measurements) into each
     ``style.json``. ``reuse_guidance``: take the guidance measurements ``style.json`` already holds
-    for these images (a run that measured them, or ``styles retrain``) and measure only weights.
+    for these images (a run that measured them, or ``styles retrain``), and the weights it holds at
+    the chosen guidance, and measure only the weights the search needs beyond those.
     Returns the results."""
     from .bank import StyleBank
     from .bases import load_pipeline
@@ -242,8 +276,9 @@ def recommend(base: str, styles: Sequence[str], variants: Sequence[str], count: 
     for name, variant, path in todo:
         measured = recorded.get((name, variant)) or measure_adapter(
             pipe, bank, name, variant, path, shots[name], plain_right, steps, candidates, f"{base}: ")
+        known = recorded_weights(name, base, variant, choose(measured)) if reuse_guidance else {}
         guidance, weight, weights = tune_weight(pipe, bank, name, variant, path, shots[name], plain_right, measured,
-                                                steps, f"{base}: ")
+                                                steps, f"{base}: ", known)
         results[f"{name}/{variant}"] = {"guidance": guidance, "weight": weight, "prompts": len(plan[name]),
                                         "images": len(shots[name]), "measured": measured, "weights": weights}
         write_choice(name, base, variant, guidance, len(plan[name]), len(shots[name]), measured, weight, weights)
@@ -277,8 +312,13 @@ def rechoose(result: dict) -> dict:
     return result
 
 
+def _rounded_measurement(m: dict) -> dict:
+    """To 4 decimals, as ``style.json`` keeps it: choices made now and checked later from the file agree."""
+    return {name: round(v, 4) for name, v in m.items()}
+
+
 def _rounded(measured: dict) -> dict:
-    return {f"{k:g}": {name: round(v, 4) for name, v in m.items()} for k, m in measured.items()}
+    return {f"{k:g}": _rounded_measurement(m) for k, m in measured.items()}
 
 
 def write_choice(style: str, base: str, variant: str, guidance: float, prompts: int, images: int, measured: dict,

@@ -208,7 +208,8 @@ def main(argv=None) -> None:
     r.add_argument("--seeds-per-prompt", type=int, default=2, help="images per validation prompt (default 2)")
     r.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
     r.add_argument("--reuse-guidance", action="store_true", help="take the guidance measurements style.json "
-                   "holds for the current validation images, and measure only weights")
+                   "holds for the current validation images (and its weights at the chosen guidance), and measure only "
+                   "the weights the search needs beyond them")
     r.add_argument("--measured", metavar="FILE", help="choose again from a saved run's output (its JSON "
                    "line) and write style.json, generating nothing")
     s = commands.add_parser("retrain", help="train adapters again (another seed, more steps); keep whichever does "

@@ -115,10 +115,13 @@ def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
     assert set(entry["guidance_validation"]) == {"prompts", "images", "5", "2"} and entry["recipe"]  # the build's entry kept
     assert entry["weight_validation"]["guidance"] == entry["guidance"] and len(entry["weight_validation"]) >= 3
     assert entry["weight"] == chosen["adapters"]["pastel/shira"]["weight"]
-    # --reuse-guidance: the guidance measurements style.json holds, weights measured again (the same).
-    again = recommended.recommend("toy-sd", ["pastel"], ["shira"], count=2, steps=2, candidates=(5.0, 2.0),
-                                  reuse_guidance=True)["adapters"]["pastel/shira"]
+    # --reuse-guidance: the guidance and weight measurements style.json holds; nothing measured again.
+    with monkeypatch.context() as patched:
+        patched.setattr(recommended, "measure_adapter", lambda *a, **k: pytest.fail("measured again"))
+        again = recommended.recommend("toy-sd", ["pastel"], ["shira"], count=2, steps=2, candidates=(5.0, 2.0),
+                                      reuse_guidance=True)["adapters"]["pastel/shira"]
     assert (again["guidance"], again["weight"]) == (entry["guidance"], entry["weight"])
+    assert again["weights"] == {float(w): m for w, m in entry["weight_validation"].items() if w != "guidance"}
     assert again["measured"] == {float(g): m for g, m in entry["guidance_validation"].items() if g[0].isdigit()}
     with pytest.raises(ShiraError, match="without --reuse-guidance"):  # measured on other images
         recommended.recommend("toy-sd", ["pastel"], ["shira"], count=1, steps=2, candidates=(5.0, 2.0),
@@ -169,16 +172,22 @@ def test_recommended_setting_clears_the_nearer_target_by_the_widest_margin(tmp_p
     # None meets: the smallest miss of the nearer target.
     assert choose({5.0: row(0.72, -0.02), 3.0: row(0.72, 0.08), 2.0: row(0.76, 0.12)}) == 2.0
     assert choose_weight({1.0: row(0.95, 0.05), 1.25: row(0.97, 0.05), 0.75: row(0.93, 0.03)}) == 1.0
+    # Both miss by 1.45 points (float error puts one at -1.4499..., the other at -1.4500...1): a tie.
+    assert choose_weight({1.2: row(0.9036, 0.1145), 1.15: row(0.8855, 0.0904)}) == 1.15
     # The weight search goes up while strength is the nearer target, and stops once the margin narrows.
     curve = {0.75: row(0.80, 0.00), 1.0: row(0.85, 0.02), 1.25: row(0.91, 0.03), 1.5: row(0.95, 0.09),
              1.75: row(0.97, 0.15)}
     tried = []
-    measured = search_weight(lambda w: tried.append(w) or curve[w], curve[1.0], step=0.25)
-    assert tried == [1.25, 1.5] and choose_weight(measured) == 1.25  # 1.5: equal margin, further from 1
-    # Down where content is the nearer target; within the bounds.
-    curve = {1.0: row(1.0, 0.15), 0.75: row(0.99, 0.08), 0.5: row(0.97, 0.06), 0.25: row(0.92, 0.02)}
-    assert choose_weight(search_weight(curve.get, curve[1.0], step=0.25)) == 0.5
-    assert set(search_weight(lambda w: row(0.92, 0.05), row(0.92, 0.05))) == {1.0, 1.1}  # a tie ends it
+    measured = search_weight(lambda w: tried.append(w) or curve.get(w, row(0.92, 0.03)), curve[1.0], step=0.25)
+    assert tried[:2] == [1.25, 1.5] and choose_weight({w: measured[w] for w in tried[:2]}) == 1.25  # 1.5: equal
+    # margin, further from 1. Then half a step from the best towards its nearer target (strength at 1.25).
+    assert tried[2:] == [1.375] and choose_weight(measured) == 1.375
+    # Down where content is the nearer target; within the bounds (0.25 is below MIN_WEIGHT).
+    curve = {1.0: row(1.0, 0.15), 0.75: row(0.99, 0.08), 0.5: row(0.97, 0.06), 0.375: row(0.96, 0.045)}
+    assert set(measured := search_weight(curve.__getitem__, curve[1.0], step=0.25)) == set(curve)
+    assert choose_weight(measured) == 0.375
+    # A tie ends the search; the half step goes from the best, which between equals is the nearest 1.
+    assert set(search_weight(lambda w: row(0.92, 0.05), row(0.92, 0.05))) == {1.0, 1.1, 1.05}
     rising = search_weight(lambda w: row(0.5 + w / 10, 0.0), row(0.6, 0.0))  # 0.1 steps up to the bound
     assert max(rising) == MAX_WEIGHT and choose_weight(rising) == MAX_WEIGHT
     # A saved run is chosen again without generating, and written into style.json.

@@ -104,3 +104,9 @@ def test_train_benchmark_variants_run_with_equal_parameter_counts(variant):
     weights = target_weights(make_unet(), "attn")
     assert result["trainable_params"] == sum(2 * (w.shape[0] + w.shape[1]) for w in weights.values())
     assert result["step_ms"] > 0 and result["peak_mb_above_loaded"] >= 0 and result["saved_for_backward_mb"] > 0
+    # The adapter's own activations: each adapted layer's input (which no frozen layer keeps here) at
+    # least; PEFT SHiRA's dense W + delta per layer on top.
+    own = result["saved_by_adapter_mb"]
+    assert 0 < own < result["saved_for_backward_mb"]
+    if variant == "peft-shira":
+        assert own * 2**20 > sum(w.numel() * w.element_size() for w in weights.values())
