@@ -63,9 +63,14 @@ def meets_targets(m: dict) -> bool:
     return m["strength"] >= STRENGTH_TARGET and m["content_drop"] <= CONTENT_DROP_LIMIT + 1e-9
 
 
+def _clearances(m: dict) -> tuple[float, float]:
+    """How far each target is cleared (strength, content; negative: missed), in fractions."""
+    return m["strength"] - STRENGTH_TARGET, CONTENT_DROP_LIMIT - m["content_drop"]
+
+
 def margin(m: dict) -> float:
     """How far the nearer target is cleared (negative: missed by that much), in fractions."""
-    return min(m["strength"] - STRENGTH_TARGET, CONTENT_DROP_LIMIT - m["content_drop"])
+    return min(_clearances(m))
 
 
 def _margin_step(m: dict) -> int:
@@ -89,8 +94,7 @@ def choose_weight(measured: dict[float, dict]) -> float:
 
 def _toward_nearer_target(m: dict) -> int:
     """+1 (more weight) where strength is the nearer target, -1 (less) where content is."""
-    to_strength, to_content = (round(10000 * (m["strength"] - STRENGTH_TARGET)),
-                               round(10000 * (CONTENT_DROP_LIMIT - m["content_drop"])))  # exact, as _margin_step
+    to_strength, to_content = (round(10000 * c) for c in _clearances(m))  # exact, as _margin_step
     return 1 if to_strength < to_content else -1
 
 
