@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from shira_diffusion import ShiraError, SparseAdapter
-from shira_diffusion.summary import describe
+from shira_diffusion.core.summary import describe
 
 TENSOR_COLUMNS = ["name", "kind", "shape", "entries", "density", "lora_equivalent_rank", "abs_max", "rms"]
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from shira_diffusion.errors import ShiraError
-from shira_diffusion.training import add_arguments, config_from_args, train
+from shira_diffusion.training.trainer import add_arguments, config_from_args, train
 
 
 def main(argv=None) -> int:

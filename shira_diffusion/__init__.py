@@ -6,12 +6,12 @@ The core objects:
 - ``StyleBank``: many adapters for one plain diffusers UNet, fused in place, switched in ms.
 """
 
-from .adapter import SparseAdapter
-from .architecture import TARGET_PRESETS, target_weights, unet_family
-from .bank import StyleBank
+from .core.adapter import SparseAdapter
+from .core.architecture import TARGET_PRESETS, target_weights, unet_family
+from .core.bank import StyleBank
 from .errors import AdapterFileError, ArchitectureMismatchError, ShiraError
-from .masks import DEFAULT_MASK, MASK_STRATEGIES, build_masks, calibration_gradients, mask_size
-from .peft_shira import export_peft_shira, import_peft_shira
+from .core.masks import DEFAULT_MASK, MASK_STRATEGIES, build_masks, calibration_gradients, mask_size
+from .core.peft_shira import export_peft_shira, import_peft_shira
 
 __version__ = "0.1.0"
 

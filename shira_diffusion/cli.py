@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from .architecture import TARGET_PRESETS
+from .core.architecture import TARGET_PRESETS
 from .errors import ShiraError
-from .masks import DEFAULT_MASK, MASK_STRATEGIES
+from .core.masks import DEFAULT_MASK, MASK_STRATEGIES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +42,7 @@ def _density(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .styles import VARIANTS
+    from .bundled.specs import VARIANTS
 
     parser = _Parser(prog="shira", description="Sparse high-rank (SHiRA) style adapters for Stable Diffusion.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev_styles.add_argument("--sheet", help="write a PNG with the first 8 images of every row (plain, each adapter)")
     ev_styles.add_argument("--json", action="store_true")
 
+    _add_styles_parser(commands, VARIANTS)
+
     info = commands.add_parser("info", help="describe an adapter file", description="Validate an adapter "
                                "file and print its metadata and per-tensor statistics.")
     info.add_argument("adapter", help="a shira-diffusion .safetensors adapter")
@@ -152,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a style adapter (SHiRA or LoRA) from images and captions",
         description="The same flags as train_style.py (which `accelerate launch` runs on several GPUs).",
     )
-    from .training import add_arguments
+    from .training.trainer import add_arguments
 
     add_arguments(train)
 
@@ -180,6 +182,130 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_styles_parser(commands, variants) -> None:
+    from .bundled.specs import BUILT_BY_DEFAULT, STYLES
+
+    styles = commands.add_parser("styles", help="the style catalogue: list, add, remove; build the bundled styles",
+                                 description="Your styles live in $SHIRA_HOME/styles (default ~/.cache/shira-diffusion); "
+                                 "the bundled ones in the repository's styles/.")
+    kinds = styles.add_subparsers(dest="styles_command", metavar="ACTION", parser_class=_Parser)
+    kinds.required = True
+    listing = kinds.add_parser("list", help="every style (bundled and yours), with the bases it has adapters for")
+    listing.add_argument("--base", help="only styles with an adapter for this base")
+    listing.add_argument("--json", action="store_true")
+    add = kinds.add_parser("add", help="add an adapter file to your styles")
+    add.add_argument("name", help="the style's name (lowercase letters, digits, '-', '_')")
+    add.add_argument("adapter", help="a shira-diffusion .safetensors adapter")
+    add.add_argument("--base", required=True, help="the base it was trained for (e.g. toy-sd)")
+    add.add_argument("--description", default="")
+    add.add_argument("--trigger", help="default: the adapter's own trigger")
+    add.add_argument("--overwrite", action="store_true", help="replace the style's adapter for this base")
+    remove = kinds.add_parser("remove", help="delete one of your styles")
+    remove.add_argument("name")
+
+    names, bases = sorted(STYLES), ["toy-sd", "toy-sdxl"]
+    defaults = " and ".join(BUILT_BY_DEFAULT)
+    b = kinds.add_parser("build", help="write the bundled styles' training sets and train their adapters",
+                         description="(Re)make styles/<name>/: 50 training images with captions, a thumbnail, "
+                         "style.json, and for each base a SHiRA adapter and a LoRA at equal parameter count.")
+    b.add_argument("--style", action="append", choices=names, help="default: all")
+    b.add_argument("--base", action="append", choices=bases, help="default: toy-sd and toy-sdxl")
+    b.add_argument("--adapter", action="append", dest="variants", choices=variants,
+                   help=f"default: {defaults}; shira-<mask> trains SHiRA with another mask")
+    b.add_argument("--steps", type=_positive_int, help="override the default number of training steps")
+    r = kinds.add_parser("recommend", help="choose each bundled adapter's guidance and weight on validation prompts",
+                         description="Measure each adapter at every candidate guidance on its style's validation "
+                         "images (never the reserved evaluation prompts), choose the guidance and search the "
+                         "weight, and write both into style.json.")
+    r.add_argument("--style", action="append", choices=names, help="default: all")
+    r.add_argument("--base", action="append", choices=bases, help="default: toy-sd and toy-sdxl")
+    r.add_argument("--adapter", action="append", dest="variants", choices=variants, help=f"default: {defaults}")
+    r.add_argument("--prompts", type=_positive_int, help="validation prompts per style (default: all, 80-87)")
+    r.add_argument("--seeds-per-prompt", type=_positive_int, default=2, help="images per validation prompt (default 2)")
+    r.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
+    r.add_argument("--reuse-guidance", action="store_true", help="take the guidance measurements style.json holds "
+                   "for the current validation images (and its weights at the chosen guidance), and measure only "
+                   "the weights the search needs beyond them")
+    r.add_argument("--measured", metavar="FILE", help="choose again from a saved run's output (its JSON line) and "
+                   "write style.json, generating nothing")
+    t = kinds.add_parser("retrain", help="train bundled adapters again (another seed, more steps); keep whichever "
+                         "does better on validation")
+    t.add_argument("--seed", type=int, required=True, help="the challenger's training seed")
+    t.add_argument("--steps", type=_positive_int, help="the challenger's training steps (default: the recipe's)")
+    t.add_argument("--style", action="append", choices=names, help="default: all")
+    t.add_argument("--base", action="append", choices=bases, help="default: toy-sd and toy-sdxl")
+    t.add_argument("--adapter", action="append", dest="variants", choices=variants, help=f"default: {defaults}")
+    t.add_argument("--misses", action="store_true", help="only the adapters that miss the targets on their "
+                   "validation images at their recommended guidance and weight")
+    t.add_argument("--json", action="store_true", help="end with one JSON line of every measurement")
+
+
+def _cmd_styles(args) -> None:
+    from .bundled.specs import BUILT_BY_DEFAULT, STYLES
+    from .catalog import default_catalog
+
+    catalog = default_catalog()
+    action = args.styles_command
+    if action == "list":
+        records = catalog.list(args.base)
+        if args.json:
+            print(json.dumps([{"name": r.name, "source": r.source, "trigger": r.trigger, "description": r.description,
+                               "bases": r.bases(), "folder": str(r.folder)} for r in records]))
+            return
+        for r in records:
+            print(f"{r.name:16} {r.source:8} {','.join(r.bases()) or '-':18} {r.trigger or '-':10} {r.description}")
+        return
+    if action == "add":
+        from .core.adapter import SparseAdapter
+
+        adapter = SparseAdapter.load(args.adapter)  # validated before anything is copied
+        record = catalog.add(args.name, args.adapter, args.base, description=args.description or adapter.description,
+                             trigger=adapter.trigger if args.trigger is None else args.trigger,
+                             overwrite=args.overwrite)
+        print(f"added {record.name} ({args.base}) in {record.folder}")
+        return
+    if action == "remove":
+        catalog.remove(args.name)
+        print(f"removed {args.name}")
+        return
+    names, bases, variants = args.style or list(STYLES), args.base or ["toy-sd", "toy-sdxl"], \
+        args.variants or BUILT_BY_DEFAULT
+    if action == "build":
+        from .bundled.build import build
+
+        build(names, bases, variants, args.steps)
+        return
+    if action == "retrain":
+        from .bundled.retrain import format_retrain, retrain
+
+        for base in bases:
+            result = retrain(base, names, variants, args.seed, args.steps, misses_only=args.misses)
+            print(format_retrain(result))
+            if args.json:
+                print(json.dumps(result))
+        return
+    from pathlib import Path
+
+    from .bundled.recommend import format_recommendations, recommend, rechoose
+
+    if args.measured:
+        try:
+            saved = json.loads(Path(args.measured).read_text().strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError) as exc:
+            raise ShiraError(f"--measured {args.measured}: not a saved recommend run ({exc})") from None
+        result = rechoose(saved)
+        print(format_recommendations(result))
+        if args.json:
+            print(json.dumps(result))
+        return
+    for base in bases:
+        result = recommend(base, names, variants, count=args.prompts, seeds_per_prompt=args.seeds_per_prompt,
+                           reuse_guidance=args.reuse_guidance)
+        print(format_recommendations(result))
+        if args.json:
+            print(json.dumps(result))
+
+
 def _cmd_bases(args) -> None:
     from .bases import list_bases
 
@@ -202,7 +328,7 @@ def _cmd_generate(args) -> None:
                 prompts = [line.strip() for line in handle if line.strip()]
         except OSError as exc:
             raise ShiraError(f"cannot read prompts file: {exc}") from None
-    from .recommended import DEFAULT_GUIDANCE, default_guidance, default_weight
+    from .bundled.recommend import DEFAULT_GUIDANCE, default_guidance, default_weight
 
     styles = [parse_style(s) for s in args.style]
     base_name = os.path.basename(os.path.normpath(args.base))
@@ -232,7 +358,7 @@ def _cmd_generate(args) -> None:
 
 def _cmd_bench(args) -> None:
     if args.bench == "train":
-        from .bench_train import bench_train, format_train_table
+        from .bench.train import bench_train, format_train_table
 
         result = bench_train(args.arch, args.rank, args.latent, args.steps,
                              log=lambda text: print(text, file=sys.stderr, flush=True))
@@ -241,7 +367,7 @@ def _cmd_bench(args) -> None:
             print(json.dumps(result))
         return
     if args.bench == "generate":
-        from .bench_generate import bench_generate, format_generate_table
+        from .bench.generate import bench_generate, format_generate_table
 
         result = bench_generate(args.bases or ["toy-sd", "toy-sdxl"], count=args.prompts, steps=args.steps,
                                 seed=args.seed, out_dir=args.out)
@@ -249,7 +375,7 @@ def _cmd_bench(args) -> None:
         if args.json:
             print(json.dumps(result))
         return
-    from .bench import bench_switch, format_switch_table
+    from .bench.switch import bench_switch, format_switch_table
 
     rank = args.rank if args.rank is not None or args.density is not None else 16
     result = bench_switch(
@@ -277,8 +403,8 @@ def _cmd_eval(args) -> None:
 
 
 def _cmd_info(args) -> None:
-    from .adapter import SparseAdapter
-    from .summary import describe
+    from .core.adapter import SparseAdapter
+    from .core.summary import describe
 
     summary = describe(SparseAdapter.load(args.adapter))
     if args.json:
@@ -293,16 +419,16 @@ def _cmd_info(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from .adapter import SparseAdapter
-    from .peft_shira import export_peft_shira
+    from .core.adapter import SparseAdapter
+    from .core.peft_shira import export_peft_shira
 
     directory = export_peft_shira(SparseAdapter.load(args.adapter), args.out_dir)
     print(f"wrote PEFT SHiRA checkpoint to {directory}")
 
 
 def _cmd_import(args) -> None:
-    from .architecture import FULL_SIZE_CONFIGS
-    from .peft_shira import import_peft_shira
+    from .core.architecture import FULL_SIZE_CONFIGS
+    from .core.peft_shira import import_peft_shira
 
     if (args.arch is None) == (args.unet_config is None):
         raise ShiraError("give exactly one of --arch or --unet-config")
@@ -329,7 +455,7 @@ def shape_only_unet(config: dict):
 
 
 def _cmd_train(args) -> None:
-    from .training import config_from_args, train
+    from .training.trainer import config_from_args, train
 
     record = train(config_from_args(args))
     print(f"wrote {record['files']['adapter']} ({record['trainable_params']:,} parameters, {record['seconds']} s)")
@@ -344,6 +470,7 @@ COMMANDS = {
     "generate": _cmd_generate,
     "import-peft": _cmd_import,
     "info": _cmd_info,
+    "styles": _cmd_styles,
 }
 
 

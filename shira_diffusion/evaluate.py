@@ -8,109 +8,26 @@ scene each; image i uses seed i.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from .bank import StyleBank
-from .bench_generate import content_scores
+from .bases import load_pipeline
+from .bundled.specs import STYLES, VARIANTS, adapter_path
+from .catalog import default_catalog
+from .core.bank import StyleBank
 from .errors import ShiraError
-from .generate import STYLES_DIR, with_triggers
+from .generate import DEFAULT_GUIDANCE, applied_adapter, generate_batched, with_triggers
 from .images import from_model_range, image_grid, to_model_range, vae_round_trip
-from .toy.looks import shows_look
-from .toy.world import COLORS, SHAPES, make_prompt, parse_prompt, render, sample_scene
-
-HELD_OUT = 100  # grammar prompts reserved for evaluation: no bundled style trains on them
-
-
-def grammar_prompts() -> list[str]:
-    """Every prompt of the toy grammar (224), sorted."""
-    return sorted(make_prompt(c, s, b) for c in COLORS for s in SHAPES for b in COLORS if b != c)
-
-
-def reserved_prompts(seed: int = 2027) -> list[str]:
-    """The ``HELD_OUT`` grammar prompts kept out of every style's training set, in a fixed order.
-
-    Chosen before any training set is drawn (``styles.write_training_set`` skips them), so the
-    evaluation set does not shrink or move when styles are added or get more images.
-    """
-    grammar = grammar_prompts()
-    order = np.random.default_rng(seed).permutation(len(grammar))
-    return [grammar[i] for i in order[:HELD_OUT]]
-
-
-def training_prompts() -> set[str]:
-    """Every caption the bundled styles trained on (without trigger words)."""
-    found = set()
-    for caption_file in STYLES_DIR.glob("*/images/*.txt"):
-        found.add(caption_file.read_text().strip())
-    return found
-
-
-def held_out_prompts(count: int = HELD_OUT) -> list[dict]:
-    """The first ``count`` reserved prompts, with the color, shape and background they ask for."""
-    if not 1 <= count <= HELD_OUT:
-        raise ShiraError(f"there are {HELD_OUT} held-out prompts; asked for {count}")
-    scenes = []
-    for prompt in reserved_prompts()[:count]:
-        words = parse_prompt(prompt)
-        scenes.append({"prompt": prompt, "color": words["color"], "shape": words["shape"],
-                       "background": words["background"]})
-    return scenes
-
-
-def generate_batched(pipe, prompts: Sequence[str], steps: int = 20, guidance_scale: float = 5.0,
-                     batch_size: int = 10, desc: str = "", seeds: Sequence[int] | None = None) -> list[np.ndarray]:
-    """Image i with seed i (or ``seeds[i]``), ``batch_size`` at a time (one generator per image)."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    seeds = list(range(len(prompts))) if seeds is None else list(seeds)
-    images = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-            chunk = list(prompts[start : start + batch_size])
-            generators = [torch.Generator().manual_seed(seed) for seed in seeds[start : start + len(chunk)]]
-            out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
-                       generator=generators, output_type="np")
-            images.extend((out.images * 255).round().astype(np.uint8))
-    return images
-
-
-@contextmanager
-def applied_adapter(pipe, bank: StyleBank, path, kind: str, weight: float = 1.0):
-    """A bundled adapter file in use on ``pipe`` at ``weight`` inside the block: SHiRA fused through
-    ``bank``, LoRA loaded through diffusers (as users load it); removed again afterwards."""
-    from .styles import variant_settings
-
-    if variant_settings(kind)["adapter"] == "shira":
-        bank.load(str(path), name="evaluated")
-        try:
-            with bank.use({"evaluated": weight}):
-                yield
-        finally:
-            bank.remove("evaluated")
-    else:
-        pipe.load_lora_weights(str(path), adapter_name="evaluated")
-        try:
-            if weight != 1.0:
-                pipe.set_adapters(["evaluated"], [weight])
-            yield
-        finally:
-            pipe.delete_adapters("evaluated")
-
-
-def style_strength(images: Sequence[np.ndarray], look: str) -> float:
-    return float(np.mean([shows_look(np.asarray(image), look) for image in images]))
-
+from .metrics import content_scores, style_strength
+from .toy.looks import LOOKS
+from .toy.prompts import HELD_OUT, held_out_prompts
+from .toy.world import render, sample_scene
 
 def vae_ceiling(pipe, look: str, count: int = 100, seed: int = 7, batch_size: int = 25) -> dict:
     """Style strength and content accuracy of rendered scenes under ``look`` after a round trip
     through the base's VAE: the most an adapter, which only changes the UNet, can reach."""
-    from .toy.looks import LOOKS
 
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(count)]
@@ -132,13 +49,11 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
     (``recommended.py``; 5 and 1 where there are none), its content drop taken against the base's
     own at that scale. ``sheet``: a PNG
     path for the first images of every row (plain, then each style and variant), labelled."""
-    from .bases import load_pipeline
-    from .recommended import DEFAULT_GUIDANCE
-    from .styles import STYLES, VARIANTS, adapter_path
-
     per_adapter = guidance_scale == "recommended"
     if not per_adapter and not isinstance(guidance_scale, (int, float)):
         raise ShiraError(f"guidance must be a number or 'recommended', got {guidance_scale!r}")
+    if not 1 <= count <= HELD_OUT:
+        raise ShiraError(f"there are {HELD_OUT} held-out prompts; asked for {count}")
     pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)
     expected = held_out_prompts(count)
@@ -163,15 +78,15 @@ def eval_styles(base: str, styles: Sequence[str] | None = None, adapters: Sequen
     result["ceiling"] = {}
     for name in styles or list(STYLES):
         spec = STYLES[name]
-        record_path = STYLES_DIR / name / "style.json"
-        files = json.loads(record_path.read_text()).get("files", {}) if record_path.is_file() else {}
+        catalog = default_catalog()
+        files = catalog.get(name).files if name in catalog else {}
         result["ceiling"][name] = vae_ceiling(pipe, spec.look, count)
         triggered = [with_triggers(p, [spec.trigger]) for p in prompts]
         for kind in adapters or VARIANTS:
             path = adapter_path(name, base, kind)
             if not path.is_file():
                 continue
-            info = files.get(f"{base}/{kind}", {})
+            info = files[f"{base}/{kind}"].to_dict() if f"{base}/{kind}" in files else {}
             g = info.get("guidance", DEFAULT_GUIDANCE) if per_adapter else default
             w = info.get("weight", 1.0) if per_adapter else 1.0
             with applied_adapter(pipe, bank, path, kind, w):

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shira_diffusion import AdapterFileError, ArchitectureMismatchError, SparseAdapter, StyleBank
-from shira_diffusion.adapter import FORMAT_VERSION
+from shira_diffusion.core.adapter import FORMAT_VERSION
 
 from conftest import forward, make_adapter, make_unet, unet_inputs
 

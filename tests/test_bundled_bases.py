@@ -10,7 +10,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from shira_diffusion import ShiraError, bases
 from shira_diffusion.bases import load_pipeline, pipeline_family
-from shira_diffusion.bench_generate import bench_generate, content_scores, format_generate_table, grammar_prompts
+from shira_diffusion.bench.generate import bench_generate, content_scores, format_generate_table, grammar_prompts
 from shira_diffusion.toy.looks import MEASURES, THRESHOLDS
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

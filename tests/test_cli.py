@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shira_diffusion import SparseAdapter
-from shira_diffusion.bench import bench_switch, format_switch_table
+from shira_diffusion.bench.switch import bench_switch, format_switch_table
 from shira_diffusion.cli import main
 
 from conftest import TINY_SD, make_adapter, make_unet

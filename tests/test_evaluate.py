@@ -37,8 +37,8 @@ def test_style_strength_is_the_share_of_images_showing_the_look():
 
 
 def test_variants_name_distinct_files_and_settings():
-    from shira_diffusion.masks import DEFAULT_MASK
-    from shira_diffusion.styles import VARIANTS, adapter_path, variant_settings
+    from shira_diffusion.core.masks import DEFAULT_MASK
+    from shira_diffusion.bundled.specs import VARIANTS, adapter_path, variant_settings
 
     assert variant_settings("shira") == {"adapter": "shira", "mask": DEFAULT_MASK}
     assert variant_settings("shira-rand") == {"adapter": "shira", "mask": "rand"}
@@ -163,7 +163,7 @@ def test_recommended_setting_clears_the_nearer_target_by_the_widest_margin(tmp_p
     import json
 
     from shira_diffusion import recommended
-    from shira_diffusion.recommended import MAX_WEIGHT, choose, choose_weight, search_weight
+    from shira_diffusion.bundled.recommend import MAX_WEIGHT, choose, choose_weight, search_weight
 
     row = lambda strength, drop: {"strength": strength, "content_drop": drop}  # noqa: E731
     assert choose({5.0: row(0.95, 0.02), 3.0: row(0.99, 0.01)}) == 3.0  # margins 5 and 9 points
@@ -219,9 +219,9 @@ def test_every_bundled_adapter_carries_the_guidance_and_weight_its_validation_ch
     import json
 
     from shira_diffusion.generate import STYLES_DIR
-    from shira_diffusion.recommended import (CANDIDATES, SEEDS_PER_PROMPT, choose, choose_weight, search_weight,
+    from shira_diffusion.bundled.recommend import (CANDIDATES, SEEDS_PER_PROMPT, choose, choose_weight, search_weight,
                                              validation_prompts)
-    from shira_diffusion.styles import BUILT_BY_DEFAULT, STYLES
+    from shira_diffusion.bundled.specs import BUILT_BY_DEFAULT, STYLES
 
     for name in STYLES:
         files = json.loads((STYLES_DIR / name / "style.json").read_text())["files"]

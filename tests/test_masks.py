@@ -9,7 +9,7 @@ from shira_diffusion import (
     mask_size,
     target_weights,
 )
-from shira_diffusion.masks import MASK_STRATEGIES, matrix_shape, struct_mask
+from shira_diffusion.core.masks import MASK_STRATEGIES, matrix_shape, struct_mask
 
 
 def _grads(weights, seed=0):

@@ -5,7 +5,7 @@ import torch
 from peft import PeftModel, ShiraConfig, get_peft_model
 
 from shira_diffusion import ShiraError, StyleBank, export_peft_shira, import_peft_shira
-from shira_diffusion.architecture import ATTENTION
+from shira_diffusion.core.architecture import ATTENTION
 
 from conftest import TINY_SD, TINY_SDXL, forward, make_adapter, make_unet, unet_inputs
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shira_diffusion import build_masks, target_weights
-from shira_diffusion.sparse_training import SparseDeltaModel, _GradientPlan
+from shira_diffusion.core.sparse_training import SparseDeltaModel, _GradientPlan
 
 from conftest import TINY_SD, TINY_SDXL, make_unet, unet_inputs
 
@@ -97,7 +97,7 @@ def test_gradient_plan_uses_every_kind_of_part():
 
 @pytest.mark.parametrize("variant", ["shira", "peft-lora", "peft-shira"])
 def test_train_benchmark_variants_run_with_equal_parameter_counts(variant):
-    from shira_diffusion.bench_train import run_variant
+    from shira_diffusion.bench.train import run_variant
 
     unet = make_unet()
     result = run_variant(variant, rank=2, latent=8, steps=1, unet=unet)

@@ -13,7 +13,7 @@ import torch
 from shira_diffusion import ShiraError, SparseAdapter
 from shira_diffusion.toy.looks import LOOKS
 from shira_diffusion.toy.world import write_dataset
-from shira_diffusion.training import TrainConfig, train
+from shira_diffusion.training.trainer import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ class _Interrupted(Exception):
 
 def train_until(config, stop_after):
     """Run ``train`` and stop it (like a killed job) once the checkpoint of step ``stop_after`` exists."""
-    import shira_diffusion.training as training
+    import shira_diffusion.training.trainer as training
 
     original = training._save_checkpoint
 
@@ -171,7 +171,7 @@ def test_two_processes_under_accelerate_train_the_same_adapter(bases, data, tmp_
 
 
 def test_imagefolder_metadata_jsonl_is_read(data, tmp_path):
-    from shira_diffusion.dataset import StyleImages
+    from shira_diffusion.training.dataset import StyleImages
 
     folder = tmp_path / "imagefolder"
     folder.mkdir()
@@ -198,7 +198,7 @@ def test_min_snr_weighting_and_noise_offset_train_and_are_recorded(bases, data, 
 def test_dropped_captions_train_what_guidance_feeds_the_unet():
     from types import SimpleNamespace
 
-    from shira_diffusion.training import _dropped_caption
+    from shira_diffusion.training.trainer import _dropped_caption
 
     empty = (torch.ones(1, 3, 4), {"added_cond_kwargs": {"text_embeds": torch.ones(1, 2), "time_ids": torch.ones(1, 6)}})
     zeros_pipe = SimpleNamespace(config=SimpleNamespace(force_zeros_for_empty_prompt=True))

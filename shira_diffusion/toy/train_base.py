@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..conditioning import encode_prompts
-from ..images import image_grid, to_model_range, vae_round_trip
+from ..images import image_grid, to_model_range
+from ..metrics import reconstruction_psnr
 from .architectures import SCHEDULER_CONFIG, build_pipeline
 from .generic import STRUCTURED, apply_generic, random_texture
 from .looks import CONFLICTS, apply_looks
@@ -112,14 +113,7 @@ def caption_batch(seed: int, step: int, size: int) -> tuple[torch.Tensor, list[s
     return to_model_range(images), captions
 
 
-# ---------------------------------------------------------------------------------- metrics
-def reconstruction_psnr(vae, images: torch.Tensor) -> np.ndarray:
-    """PSNR (dB) of each image through the VAE (encode -> mode -> decode), on the 0-255 scale."""
-    recon = vae_round_trip(vae, images).to(images.device)
-    mse = ((recon - images) ** 2).mean(dim=(1, 2, 3)) * (255 / 2) ** 2
-    return (10 * torch.log10(255**2 / mse.clamp_min(1e-10))).numpy()
-
-
+# ---------------------------------------------------------------------------------- evaluation sets
 def vae_eval_sets(seed: int = 12345, count: int = 64) -> dict[str, torch.Tensor]:
     """Held-out sets with other seeds: plain toy images, and toy images under structured looks."""
     rng = np.random.default_rng(seed)

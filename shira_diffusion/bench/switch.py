@@ -25,11 +25,11 @@ from collections.abc import Callable
 
 import torch
 
-from .adapter import SparseAdapter
-from .architecture import random_full_size_unet, target_weights, unet_family
-from .bank import StyleBank
-from .errors import ShiraError
-from .masks import DEFAULT_MASK, build_masks, matrix_shape
+from ..core.adapter import SparseAdapter
+from ..core.architecture import random_full_size_unet, target_weights, unet_family
+from ..core.bank import StyleBank
+from ..errors import ShiraError
+from ..core.masks import DEFAULT_MASK, build_masks, matrix_shape
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 

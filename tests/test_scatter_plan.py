@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from shira_diffusion.layout import ScatterPlan
-from shira_diffusion.masks import rand_mask, struct_mask, topk_mask
+from shira_diffusion.core.scatter_plan import ScatterPlan
+from shira_diffusion.core.masks import rand_mask, struct_mask, topk_mask
 
 
 def _cases():

@@ -22,17 +22,21 @@ prompts at it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import numpy as np
 
-from .evaluate import grammar_prompts, reserved_prompts, style_strength
-from .generate import STYLES_DIR, with_triggers
-from .toy.world import parse_prompt
+from ..bases import load_pipeline
+from ..catalog import default_catalog
+from ..core.bank import StyleBank
+from ..errors import ShiraError
+from ..generate import DEFAULT_GUIDANCE, applied_adapter, generate_batched, with_triggers
+from ..metrics import content_scores, style_strength
+from ..toy.prompts import grammar_prompts, reserved_prompts
+from ..toy.world import parse_prompt
+from .specs import STYLES, adapter_path
 
 CANDIDATES = (5.0, 3.0, 2.0, 1.0)  # the pipelines' default first; 1 is no guidance (half the compute)
-DEFAULT_GUIDANCE = 5.0
 VALIDATION_SEED = 1000  # pool prompt k uses seeds 1000 + k, 2000 + k, ...: none of the test seeds (0-99)
 SEED_STRIDE = 1000  # more than the pool's size (124 prompts), so no two images share a seed
 SEEDS_PER_PROMPT = 2
@@ -49,7 +53,7 @@ def validation_pool(seed: int = 2028) -> list[str]:
 
 def validation_prompts(style: str, count: int | None = None) -> list[str]:
     """The pool prompts that ``style`` did not train on (the first ``count`` of them, if given)."""
-    seen = {f.read_text().strip() for f in (STYLES_DIR / style / "images").glob("*.txt")}
+    seen = default_catalog().get(style).training_captions()
     return [p for p in validation_pool() if p not in seen][:count]
 
 
@@ -122,10 +126,9 @@ def search_weight(measure, at_one: dict, step: float = WEIGHT_STEP) -> dict[floa
 
 def recorded_entry(style: str, base: str, variant: str = "shira") -> dict:
     """This adapter's ``style.json`` entry ({} where there is none)."""
-    record_path = STYLES_DIR / style / "style.json"
-    if not record_path.is_file():
-        return {}
-    return json.loads(record_path.read_text()).get("files", {}).get(f"{base}/{variant}", {})
+    catalog = default_catalog()
+    entry = catalog.get(style).entry(base, variant) if style in catalog else None
+    return entry.to_dict() if entry else {}
 
 
 def recorded_guidance(style: str, base: str, variant: str = "shira") -> float | None:
@@ -134,7 +137,7 @@ def recorded_guidance(style: str, base: str, variant: str = "shira") -> float | 
 
 
 def _single_bundled(styles: Sequence[tuple[str, float]]) -> str | None:
-    return styles[0][0] if len(styles) == 1 and (STYLES_DIR / styles[0][0]).is_dir() else None
+    return styles[0][0] if len(styles) == 1 and styles[0][0] in default_catalog() else None
 
 
 def default_guidance(styles: Sequence[tuple[str, float]], base: str) -> float:
@@ -169,9 +172,6 @@ def plain_content(pipe, shots: Sequence[tuple[str, int]], steps: int, candidates
                   desc: str = "") -> dict:
     """The base's own content right (0 or 1) per validation image and guidance: each style's content
     drop is taken on its own images."""
-    from .bench_generate import content_scores
-    from .evaluate import generate_batched
-
     shots = sorted(set(shots), key=lambda shot: shot[1])
     right = {}
     for g in candidates:
@@ -187,10 +187,6 @@ def measure_adapter(pipe, bank, style: str, variant: str, path, shots: Sequence[
                     weight: float = 1.0) -> dict:
     """Strength, content and content drop of one adapter file (fused at ``weight``) at every
     candidate guidance."""
-    from .bench_generate import content_scores
-    from .evaluate import applied_adapter, generate_batched
-    from .styles import STYLES
-
     spec = STYLES[style]
     triggered = [with_triggers(p, [spec.trigger]) for p, _ in shots]
     expected = [parse_prompt(p) for p, _ in shots]
@@ -225,14 +221,12 @@ def recorded_measurements(style: str, base: str, variant: str, prompts: int, ima
                           candidates: Sequence[float]) -> dict[float, dict]:
     """The guidance measurements ``style.json`` holds for this adapter, which must be of these
     validation images and candidates."""
-    from .errors import ShiraError
-
     validation = dict(recorded_entry(style, base, variant).get("guidance_validation", {}))
     found = (validation.pop("prompts", None), validation.pop("images", None))
     measured = {float(g): m for g, m in validation.items()}
     if found != (prompts, images) or set(measured) != set(candidates):
         raise ShiraError(f"{style} {base}/{variant}: style.json has no guidance measurements of the current "
-                         f"validation images at every candidate; run `python -m shira_diffusion.styles recommend "
+                         f"validation images at every candidate; run `shira styles recommend "
                          f"--style {style} --base {base}` (without --reuse-guidance) first")
     return measured
 
@@ -255,10 +249,6 @@ def recommend(base: str, styles: Sequence[str], variants: Sequence[str], count: 
     for these images (a run that measured them, or ``styles retrain``), and the weights it holds at
     the chosen guidance, and measure only the weights the search needs beyond those.
     Returns the results."""
-    from .bank import StyleBank
-    from .bases import load_pipeline
-    from .styles import adapter_path
-
     plan = {name: validation_prompts(name, count) for name in styles}
     shots = {name: validation_images(prompts, seeds_per_prompt) for name, prompts in plan.items()}
     todo = [(name, variant, adapter_path(name, base, variant)) for name in styles for variant in variants
@@ -300,8 +290,7 @@ def rechoose(result: dict) -> dict:
 
     for key, entry in list(result["adapters"].items()):
         name, variant = key.split("/")
-        record = json.loads((STYLES_DIR / name / "style.json").read_text())
-        if "trials" in record.get("files", {}).get(f"{result['base']}/{variant}", {}):
+        if "trials" in recorded_entry(name, result["base"], variant):
             print(f"{result['base']} {key}: retrained since this run, left as style.json has it", file=sys.stderr)
             del result["adapters"][key]
             continue
@@ -329,9 +318,7 @@ def write_choice(style: str, base: str, variant: str, guidance: float, prompts: 
                  weight: float = 1.0, weights: dict | None = None) -> None:
     """Record the chosen guidance and weight with what they were chosen on: every candidate
     guidance at weight 1, and every weight tried at the chosen guidance."""
-    from .styles import update_record
-
-    update_record(style, f"{base}/{variant}", {
+    default_catalog().update_entry(style, f"{base}/{variant}", {
         "guidance": guidance, "guidance_validation": {"prompts": prompts, "images": images, **_rounded(measured)},
         "weight": weight, "weight_validation": {"guidance": guidance,
                                                 **_rounded(weights or {1.0: measured[guidance]})}})

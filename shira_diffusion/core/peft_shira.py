@@ -18,7 +18,7 @@ from torch import nn
 
 from .adapter import SparseAdapter
 from .architecture import unet_family
-from .errors import AdapterFileError, ShiraError
+from ..errors import AdapterFileError, ShiraError
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"

@@ -32,8 +32,8 @@ from torch import nn
 
 from .adapter import SparseAdapter, all_finite
 from .architecture import unet_family
-from .errors import ShiraError
-from .layout import ScatterPlan
+from ..errors import ShiraError
+from .scatter_plan import ScatterPlan
 
 
 class _MaskGroup:

@@ -18,8 +18,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ShiraError
-from .recommended import (CANDIDATES, SEEDS_PER_PROMPT, margin, measure_adapter, meets_targets, plain_content,
+from ..catalog import default_catalog
+from ..errors import ShiraError
+from .recommend import (CANDIDATES, SEEDS_PER_PROMPT, margin, measure_adapter, meets_targets, plain_content,
                           recommended_measurement, tune_weight, validation_images, validation_prompts, write_choice)
 
 
@@ -31,16 +32,17 @@ def _summary(guidance: float, weight: float, m: dict) -> dict:
     return {"guidance": guidance, "weight": weight, **{k: round(m[k], 4) for k in ("strength", "content_drop")}}
 
 
-def _incumbent(record: dict, style: str, base: str, variant: str, prompts: int) -> dict:
+def _incumbent(style: str, base: str, variant: str, prompts: int) -> dict:
     """The incumbent's style.json entry, whose validation measurements must be of the current
     validation set (``recommend`` writes them)."""
-    entry = record.get("files", {}).get(f"{base}/{variant}")
+    entry = default_catalog().get(style).entry(base, variant)
     if entry is None:
         raise ShiraError(f"styles/{style} has no {base}/{variant} adapter: build it first")
+    entry = entry.to_dict()
     validation = dict(entry.get("guidance_validation", {}))
     if (validation.pop("prompts", None), validation.pop("images", None)) != (prompts, SEEDS_PER_PROMPT * prompts):
         raise ShiraError(f"{style} {base}/{variant} has no measurements on the current validation images: "
-                         f"run `python -m shira_diffusion.styles recommend --style {style} --base {base}` first")
+                         f"run `shira styles recommend --style {style} --base {base}` first")
     return entry
 
 
@@ -52,21 +54,18 @@ def retrain(base: str, styles: Sequence[str], variants: Sequence[str], seed: int
     incumbent), and keep whichever of the two stands better. With ``misses_only``, only the
     adapters that miss the targets there at their recommended guidance and weight. Returns what each run
     measured and which was kept."""
-    import json
-
-    from .bank import StyleBank
-    from .bases import load_pipeline
-    from .generate import STYLES_DIR
-    from .styles import STYLES, file_entry, recipe_summary, train_config, update_record
-    from .training import output_paths, train
+    from ..bases import load_pipeline
+    from ..core.bank import StyleBank
+    from ..training.trainer import output_paths, train
+    from .build import file_entry
+    from .specs import STYLES, recipe_summary, train_config
 
     plan = {name: validation_prompts(name, count) for name in styles}
     shots = {name: validation_images(prompts) for name, prompts in plan.items()}
     incumbents = {}
     for name in styles:
-        record = json.loads((STYLES_DIR / name / "style.json").read_text())
         for variant in variants:
-            entry = _incumbent(record, name, base, variant, len(plan[name]))
+            entry = _incumbent(name, base, variant, len(plan[name]))
             if misses_only and meets_targets(recommended_measurement(entry)):
                 continue
             challenger = train_config(STYLES[name], base, variant, train_steps, seed=seed)
@@ -111,10 +110,10 @@ def retrain(base: str, styles: Sequence[str], variants: Sequence[str], seed: int
                   label: _summary(guidance, weight, weights[weight])}
         key = f"{base}/{variant}"
         if won:
-            update_record(name, key, {**file_entry(config, result), "trials": trials}, replace=True)
+            default_catalog().update_entry(name, key, {**file_entry(config, result), "trials": trials}, replace=True)
             write_choice(name, base, variant, guidance, len(plan[name]), len(shots[name]), measured, weight, weights)
         else:
-            update_record(name, key, {"trials": trials})
+            default_catalog().update_entry(name, key, {"trials": trials})
         kept = recipe_summary(config) if won else entry["recipe"]
         results[f"{name}/{variant}"] = {"trials": trials, "kept": trial_label(kept)}
     return {"base": base, "adapters": results}

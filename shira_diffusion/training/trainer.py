@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .architecture import TARGET_PRESETS, resolve_targets, target_weights, unet_family
-from .bases import load_pipeline
-from .conditioning import encode_prompts
+from ..core.architecture import TARGET_PRESETS, resolve_targets, target_weights, unet_family
+from ..bases import load_pipeline
+from ..conditioning import encode_prompts
 from .dataset import StyleImages
-from .errors import ShiraError
-from .masks import DEFAULT_MASK, build_masks, calibration_gradients
-from .sparse_training import SparseDeltaModel
+from ..errors import ShiraError
+from ..core.masks import DEFAULT_MASK, build_masks, calibration_gradients
+from ..core.sparse_training import SparseDeltaModel
 
 DEFAULT_RANK = 2
 
@@ -426,8 +426,8 @@ def _load_checkpoint(which, folder, params, optimizer, lr_scheduler, device, ema
 def _validate(pipe, model, config: TrainConfig, folder: str, step: int, size: int) -> None:
     from PIL import Image
 
-    from .generate import with_triggers
-    from .images import image_grid
+    from ..generate import with_triggers
+    from ..images import image_grid
 
     if isinstance(model, SparseDeltaModel):
         model.sync()
@@ -512,7 +512,7 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 def add_arguments(parser) -> None:
     """The training flags, shared by ``train_style.py`` and ``shira train``."""
-    from .masks import MASK_STRATEGIES
+    from ..core.masks import MASK_STRATEGIES
 
     a = parser.add_argument
     a("--base", default="toy-sd", help="toy-sd, toy-sdxl, a Hub id (local cache), a diffusers folder or a checkpoint file")

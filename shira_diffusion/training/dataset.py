@@ -10,8 +10,8 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import ShiraError
-from .generate import with_triggers
+from ..errors import ShiraError
+from ..generate import with_triggers
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from .errors import ShiraError
+from ..errors import ShiraError
 
 MASK_STRATEGIES = ("struct", "rand", "wm", "grad", "snip")
 DEFAULT_MASK = "struct"

@@ -62,9 +62,9 @@ def run_variant(variant: str, arch: str = "sd15", rank: int = 16, latent: int = 
     """Time ``steps`` optimizer steps of one variant (after one warm-up step) in this process."""
     from peft import LoraConfig, ShiraConfig
 
-    from .architecture import random_full_size_unet, resolve_targets, target_weights
-    from .masks import build_masks
-    from .sparse_training import SparseDeltaModel
+    from ..core.architecture import random_full_size_unet, resolve_targets, target_weights
+    from ..core.masks import build_masks
+    from ..core.sparse_training import SparseDeltaModel
 
     unet = unet if unet is not None else random_full_size_unet(arch)
     unet.train()
@@ -160,7 +160,7 @@ def bench_train(arch: str = "sd15", rank: int = 16, latent: int = 32, steps: int
     results = {}
     for variant in VARIANTS:
         log(f"{variant}: building the {arch} UNet and timing {steps} steps ...")
-        code = ("import json, sys; from shira_diffusion.bench_train import run_variant; "
+        code = ("import json, sys; from shira_diffusion.bench.train import run_variant; "
                 f"print(json.dumps(run_variant({variant!r}, {arch!r}, {rank}, {latent}, {steps})))")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         if done.returncode != 0:

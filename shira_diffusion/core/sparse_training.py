@@ -28,7 +28,7 @@ from torch import nn
 
 from .adapter import SparseAdapter
 from .architecture import unet_family
-from .errors import ShiraError
+from ..errors import ShiraError
 
 PAIR_CHUNK_ELEMENTS = 1 << 22  # tokens x entries per chunk of per-entry dot products (16 MB in fp32)
 ROW_CHUNK = 1024

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .architecture import FAMILIES, shape_fingerprint
-from .errors import AdapterFileError, ArchitectureMismatchError
+from ..errors import AdapterFileError, ArchitectureMismatchError
 
 FORMAT_NAME = "shira-diffusion/sparse-adapter"
 FORMAT_VERSION = 1

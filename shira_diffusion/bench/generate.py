@@ -19,13 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .architecture import target_weights
-from .bases import load_pipeline
-from .images import image_grid
-from .toy.content import read_content
-from .toy.looks import MEASURES, THRESHOLDS
-from .toy.styled_content import read_styled_content
-from .toy.world import sample_scene
+from ..core.architecture import target_weights
+from ..bases import load_pipeline
+from ..images import image_grid
+from ..metrics import content_scores, look_false_positives, reconstruction_psnr
+from ..toy.world import sample_scene
 
 
 def grammar_prompts(count: int, seed: int = 2026) -> list[dict]:
@@ -35,39 +33,10 @@ def grammar_prompts(count: int, seed: int = 2026) -> list[dict]:
     return [{"prompt": s.prompt(), "color": s.color, "shape": s.shape, "background": s.background} for s in scenes]
 
 
-def content_scores(images: Sequence[np.ndarray], expected: Sequence[dict], looks: Sequence[str] = ()) -> dict:
-    """Shares of images whose colors (object and background both), shape, and everything are right,
-    and the shapes read for each prompted shape (``{prompted: {read: count}}``). With ``looks``, the
-    images are read through those looks (``toy.styled_content``)."""
-    colors = shape = both = 0
-    confusion: dict[str, dict[str, int]] = {}
-    for image, want in zip(images, expected, strict=True):
-        got = read_styled_content(np.asarray(image), looks) if looks else read_content(np.asarray(image))
-        row = confusion.setdefault(want["shape"], {})
-        row[str(got["shape"])] = row.get(str(got["shape"]), 0) + 1
-        colors_right = got["color"] == want["color"] and got["background"] == want["background"]
-        shape_right = got["shape"] == want["shape"]
-        colors += colors_right
-        shape += shape_right
-        both += colors_right and shape_right
-    n = len(expected)
-    return {"colors": colors / n, "shape": shape / n, "all": both / n, "shape_confusion": confusion}
-
-
-def look_false_positives(images: Sequence[np.ndarray]) -> dict[str, float]:
-    """For each bundled look, the share of these (plain-prompt) images its measure calls styled.
-
-    The style measures were validated on rendered images; generated ones are softer, so this checks
-    that a base's own plain output does not already read as a style (the zero point of style strength).
-    """
-    return {name: float(np.mean([MEASURES[name](np.asarray(im)) >= THRESHOLDS[name] for im in images]))
-            for name in MEASURES}
-
-
 def bench_base(base: str, count: int = 200, steps: int = 20, seed: int = 0, guidance_scale: float = 5.0,
                out_dir: str | None = None) -> dict:
     """Content accuracy, time per image and VAE PSNR of one base."""
-    from .toy.train_base import reconstruction_psnr, vae_eval_sets
+    from ..toy.train_base import vae_eval_sets
 
     pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)
