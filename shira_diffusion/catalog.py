@@ -284,7 +284,7 @@ class StyleCatalog:
         folder.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(str(folder.parent / f".{folder.name}.lock"))
 
-    def update_entry(self, name: str, key: str, entry: dict, replace: bool = False, **fields) -> None:
+    def update_entry(self, name: str, key: str, entry: dict, /, replace: bool = False, **fields) -> None:
         """Merge (or with ``replace``, set) one adapter entry ``files[key]`` of a style's record, and
         top-level ``fields``. Read just before writing, under the style's lock."""
         folder = self.folder(name)

@@ -102,16 +102,15 @@ def test_generate_uses_a_single_bundled_styles_recommended_guidance_and_weight(t
     import shutil
     from pathlib import Path
 
+    from shira_diffusion import catalog
     from shira_diffusion import generate as generate_module
-    from shira_diffusion import recommended
 
-    bundled = Path(generate_module.STYLES_DIR) / "pastel"
+    bundled = Path(catalog.BUNDLED_ROOT) / "pastel"
     (tmp_path / "pastel").mkdir()
     shutil.copy(bundled / "pastel.toy-sd.safetensors", tmp_path / "pastel")
-    recommended_setting = {"guidance": 2.0, "weight": 1.25}
+    recommended_setting = {"file": "pastel.toy-sd.safetensors", "guidance": 2.0, "weight": 1.25}
     (tmp_path / "pastel" / "style.json").write_text(json.dumps({"files": {"toy-sd/shira": recommended_setting}}))
-    monkeypatch.setattr(generate_module, "STYLES_DIR", tmp_path)
-    monkeypatch.setattr(recommended, "STYLES_DIR", tmp_path)
+    monkeypatch.setattr(catalog, "BUNDLED_ROOT", tmp_path)
     from PIL import Image
 
     used = []

@@ -1,14 +1,10 @@
 import numpy as np
 import pytest
 
-from shira_diffusion.errors import ShiraError
-from shira_diffusion.evaluate import (
-    held_out_prompts,
-    reserved_prompts,
-    style_strength,
-    training_prompts,
-)
+from shira_diffusion.catalog import default_catalog
+from shira_diffusion.metrics import style_strength
 from shira_diffusion.toy.looks import LOOKS
+from shira_diffusion.toy.prompts import held_out_prompts, reserved_prompts
 from shira_diffusion.toy.world import make_prompt, render, sample_scene, write_dataset
 
 
@@ -16,7 +12,7 @@ def test_held_out_prompts_avoid_every_training_caption_and_are_fixed():
     prompts = held_out_prompts(100)
     assert len({p["prompt"] for p in prompts}) == 100 and prompts == held_out_prompts(100)
     assert held_out_prompts(10) == prompts[:10]
-    assert not {p["prompt"] for p in prompts} & training_prompts()
+    assert not {p["prompt"] for p in prompts} & default_catalog().training_captions()
     assert all(make_prompt(p["color"], p["shape"], p["background"]) == p["prompt"] for p in prompts)
 
 
@@ -55,114 +51,11 @@ def test_variants_name_distinct_files_and_settings():
         raise AssertionError("an unknown variant must be refused")
 
 
-def test_build_and_eval_styles_on_every_variant_kind(tmp_path, monkeypatch):
-    """``styles.build`` writes the training set, adapters and style.json; ``eval_styles`` measures
-    each variant found and the VAE ceiling of the look."""
-    import dataclasses
-    import json
-
-    # recommended imported before generate.STYLES_DIR is patched: it copies the folder at import.
-    from shira_diffusion import evaluate, generate, recommended, styles  # noqa: F401
-    from shira_diffusion.evaluate import eval_styles, format_styles_table
-
-    monkeypatch.setattr(evaluate, "STYLES_DIR", tmp_path)
-    monkeypatch.setattr(styles, "STYLES_DIR", tmp_path)
-    monkeypatch.setattr(generate, "STYLES_DIR", tmp_path)
-    # A style's own recipe overrides the defaults, for every variant; a base's recipe overrides both.
-    monkeypatch.setitem(styles.STYLES, "pastel", dataclasses.replace(
-        styles.STYLES["pastel"], recipe={"lr_scheduler": "cosine", "noise_offset": 0.05},
-        base_recipes={"toy-sd": {"noise_offset": 0.0}, "toy-sdxl": {"noise_offset": 0.2}}))
-    styles.build(["pastel"], ["toy-sd"], ["shira", "shira-rand", "lora"], steps=1)
-    assert len(list((tmp_path / "pastel" / "images").glob("*.png"))) == styles.IMAGES
-    assert (tmp_path / "pastel" / "thumbnail.png").is_file()
-    record = json.loads((tmp_path / "pastel" / "style.json").read_text())
-    assert record["trigger"] == "qzd" and record["look"] == "pastel"
-    assert all(f["recipe"]["lr_scheduler"] == "cosine" and f["recipe"]["noise_offset"] == 0.0
-               for f in record["files"].values())
-    assert set(record["files"]) == {"toy-sd/shira", "toy-sd/shira-rand", "toy-sd/lora"}
-    assert record["files"]["toy-sd/shira-rand"]["mask"] == "rand"
-    # Equal parameter count across variants: the comparison is fair.
-    assert len({f["params"] for f in record["files"].values()}) == 1
-
-    result = eval_styles("toy-sd", ["pastel"], count=3, steps=2, sheet=str(tmp_path / "sheet.png"))
-    from PIL import Image
-
-    sheet = Image.open(tmp_path / "sheet.png")  # one labelled row each: plain + three variants, 3 images
-    assert sheet.height == 14 + 4 * 64 * 2 and sheet.width == 150 + 3 * 64 * 2
-    assert set(result["styles"]) == {"pastel/shira", "pastel/shira-rand", "pastel/lora"}
-    for row in result["styles"].values():
-        assert 0 <= row["strength"] <= 1 and 0 <= row["content"] <= 1 and row["params"] > 0
-    # Pastel survives the VAE: its ceiling is full strength.
-    assert result["ceiling"]["pastel"]["strength"] == 1.0
-    table = format_styles_table(result)
-    assert "shira-rand" in table and "100% /" in table
-
-    # Recommended guidance: measured on validation prompts (neither reserved nor trained on),
-    # written into style.json, used by `eval styles --guidance recommended` and by generate.
-    from shira_diffusion import recommended
-
-    monkeypatch.setattr(recommended, "STYLES_DIR", tmp_path)
-    validation = recommended.validation_prompts("pastel")
-    captions = {f.read_text().strip() for f in (tmp_path / "pastel" / "images").glob("*.txt")}
-    assert validation and not set(validation) & (captions | set(evaluate.reserved_prompts()))
-    shots = recommended.validation_images(validation)
-    assert len(shots) == 2 * len(validation) == len({seed for _, seed in shots})  # every image its own seed
-    assert not {seed for _, seed in shots} & set(range(len(evaluate.reserved_prompts())))  # none of the test seeds
-    chosen = recommended.recommend("toy-sd", ["pastel"], ["shira", "lora"], count=2, steps=2, candidates=(5.0, 2.0))
-    assert chosen["adapters"]["pastel/shira"]["images"] == 4
-    entry = json.loads((tmp_path / "pastel" / "style.json").read_text())["files"]["toy-sd/shira"]
-    assert entry["guidance"] == chosen["adapters"]["pastel/shira"]["guidance"] in (5.0, 2.0)
-    assert set(entry["guidance_validation"]) == {"prompts", "images", "5", "2"} and entry["recipe"]  # the build's entry kept
-    assert entry["weight_validation"]["guidance"] == entry["guidance"] and len(entry["weight_validation"]) >= 3
-    assert entry["weight"] == chosen["adapters"]["pastel/shira"]["weight"]
-    # --reuse-guidance: the guidance and weight measurements style.json holds; nothing measured again.
-    with monkeypatch.context() as patched:
-        patched.setattr(recommended, "measure_adapter", lambda *a, **k: pytest.fail("measured again"))
-        again = recommended.recommend("toy-sd", ["pastel"], ["shira"], count=2, steps=2, candidates=(5.0, 2.0),
-                                      reuse_guidance=True)["adapters"]["pastel/shira"]
-    assert (again["guidance"], again["weight"]) == (entry["guidance"], entry["weight"])
-    assert again["weights"] == {float(w): m for w, m in entry["weight_validation"].items() if w != "guidance"}
-    assert again["measured"] == {float(g): m for g, m in entry["guidance_validation"].items() if g[0].isdigit()}
-    with pytest.raises(ShiraError, match="without --reuse-guidance"):  # measured on other images
-        recommended.recommend("toy-sd", ["pastel"], ["shira"], count=1, steps=2, candidates=(5.0, 2.0),
-                              reuse_guidance=True)
-    assert "pastel/lora" in recommended.format_recommendations(chosen)
-    assert recommended.default_guidance([("pastel", 1.0)], "toy-sd") == entry["guidance"]
-    assert recommended.default_guidance([("pastel", 1.0), ("night", 1.0)], "toy-sd") == 5.0
-    # A retrained adapter (another seed, more steps) replaces the incumbent only where it stands better on
-    # the same validation images; the loser's files are gone either way, style.json keeps every run's figures.
-    from shira_diffusion import retrain
-
-    incumbent = (tmp_path / "pastel" / "pastel.toy-sd.safetensors").read_bytes()
-    with monkeypatch.context() as patched:  # --misses leaves an adapter that meets the targets alone
-        patched.setattr(retrain, "meets_targets", lambda measured: True)
-        assert retrain.retrain("toy-sd", ["pastel"], ["shira"], seed=1, misses_only=True, count=2)["adapters"] == {}
-    for challenger_wins in (False, True):
-        order = iter([challenger_wins, not challenger_wins])  # challenger's margin first, incumbent's next
-        monkeypatch.setattr(retrain, "margin", lambda measured, order=order: next(order))
-        result = retrain.retrain("toy-sd", ["pastel"], ["shira"], seed=1, train_steps=1 + challenger_wins, count=2,
-                                 steps=2, candidates=(5.0, 2.0))
-        entry = json.loads((tmp_path / "pastel" / "style.json").read_text())["files"]["toy-sd/shira"]
-        kept = "seed 1, 2 steps" if challenger_wins else "seed 0, 1 steps"
-        assert result["adapters"]["pastel/shira"]["kept"] == retrain.trial_label(entry["recipe"]) == kept
-        assert set(entry["trials"]) == {"seed 0, 1 steps", "seed 1, 1 steps", *["seed 1, 2 steps"] * challenger_wins}
-        on_disk = (tmp_path / "pastel" / "pastel.toy-sd.safetensors").read_bytes()
-        assert (on_disk == incumbent) != challenger_wins and entry["guidance_validation"]["images"] == 4
-        record = json.loads((tmp_path / "pastel" / "pastel.toy-sd.json").read_text())  # the kept run's record
-        assert record["recipe"]["seed"] == entry["recipe"]["seed"]
-    assert "seed 1, 2 steps" in retrain.format_retrain(result)
-    with pytest.raises(ShiraError, match="already"):  # a run that was tried is not tried again
-        retrain.retrain("toy-sd", ["pastel"], ["shira"], seed=1, train_steps=1, count=2)
-    per_adapter = eval_styles("toy-sd", ["pastel"], ["shira", "lora"], count=2, steps=2, guidance_scale="recommended")
-    assert per_adapter["styles"]["pastel/shira"]["guidance"] == entry["guidance"]
-    assert per_adapter["styles"]["pastel/shira"]["weight"] == entry["weight"]
-    assert "5" in per_adapter["plain_by_guidance"] and "recommended" in format_styles_table(per_adapter)
-
-
 def test_recommended_setting_clears_the_nearer_target_by_the_widest_margin(tmp_path, monkeypatch):
     import json
 
-    from shira_diffusion import recommended
+    from shira_diffusion import catalog
+    from shira_diffusion.bundled import recommend as recommended
     from shira_diffusion.bundled.recommend import MAX_WEIGHT, choose, choose_weight, search_weight
 
     row = lambda strength, drop: {"strength": strength, "content_drop": drop}  # noqa: E731
@@ -191,12 +84,9 @@ def test_recommended_setting_clears_the_nearer_target_by_the_widest_margin(tmp_p
     rising = search_weight(lambda w: row(0.5 + w / 10, 0.0), row(0.6, 0.0))  # 0.1 steps up to the bound
     assert max(rising) == MAX_WEIGHT and choose_weight(rising) == MAX_WEIGHT
     # A saved run is chosen again without generating, and written into style.json.
-    from shira_diffusion import styles
-
-    monkeypatch.setattr(recommended, "STYLES_DIR", tmp_path)
-    monkeypatch.setattr(styles, "STYLES_DIR", tmp_path)
+    monkeypatch.setattr(catalog, "BUNDLED_ROOT", tmp_path)
     (tmp_path / "night").mkdir()
-    (tmp_path / "night" / "style.json").write_text(json.dumps({"files": {"toy-sd/shira": {"params": 7}}}))
+    (tmp_path / "night" / "style.json").write_text(json.dumps({"files": {"toy-sd/shira": {"file": "n.st", "params": 7}}}))
     saved = {"base": "toy-sd", "candidates": [5.0, 2.0], "adapters": {"night/shira": {
         "guidance": 5.0, "prompts": 50, "measured": {"5.0": row(0.5, 0.0), "2.0": row(0.95, 0.05)},
         "weights": {"1.0": row(0.5, 0.0), "1.5": row(0.7, 0.0)}}}}
@@ -208,7 +98,7 @@ def test_recommended_setting_clears_the_nearer_target_by_the_widest_margin(tmp_p
     saved["adapters"]["night/shira"].update(guidance=2.0, weights={"1.0": row(0.95, 0.05), "0.75": row(0.96, 0.0)})
     assert recommended.rechoose(json.loads(json.dumps(saved)))["adapters"]["night/shira"]["weight"] == 0.75
     # An adapter retrained since the saved run keeps what style.json has: the run measured its predecessor.
-    retrained = {"files": {"toy-sd/shira": {"guidance": 3.0, "trials": {"seed 1, 1000 steps": {}}}}}
+    retrained = {"files": {"toy-sd/shira": {"file": "n.st", "guidance": 3.0, "trials": {"seed 1, 1000 steps": {}}}}}
     (tmp_path / "night" / "style.json").write_text(json.dumps(retrained))
     assert recommended.rechoose(json.loads(json.dumps(saved)))["adapters"] == {}
     assert json.loads((tmp_path / "night" / "style.json").read_text()) == retrained
@@ -218,13 +108,12 @@ def test_every_bundled_adapter_carries_the_guidance_and_weight_its_validation_ch
     """A rebuilt adapter drops its entry's guidance: run `styles recommend` for it again."""
     import json
 
-    from shira_diffusion.generate import STYLES_DIR
     from shira_diffusion.bundled.recommend import (CANDIDATES, SEEDS_PER_PROMPT, choose, choose_weight, search_weight,
                                              validation_prompts)
     from shira_diffusion.bundled.specs import BUILT_BY_DEFAULT, STYLES
 
     for name in STYLES:
-        files = json.loads((STYLES_DIR / name / "style.json").read_text())["files"]
+        files = {k: e.to_dict() for k, e in default_catalog().get(name).files.items()}
         for base in ("toy-sd", "toy-sdxl"):
             for variant in BUILT_BY_DEFAULT:
                 validation = dict(files[f"{base}/{variant}"]["guidance_validation"])
