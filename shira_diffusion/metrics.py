@@ -82,6 +82,6 @@ def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, peak: float
 def reconstruction_psnr(vae, images: torch.Tensor) -> np.ndarray:
     """PSNR (dB) of each image through the VAE (encode -> mode -> decode), on the 0-255 scale;
     ``images`` is a batch in [-1, 1] as VAEs take it."""
-    recon = vae_round_trip(vae, images).to(images.device)
-    mse = ((recon - images) ** 2).mean(dim=(1, 2, 3)) * (255 / 2) ** 2
+    recon = vae_round_trip(vae, images).float().cpu()
+    mse = ((recon - images.float().cpu()) ** 2).mean(dim=(1, 2, 3)) * (255 / 2) ** 2
     return (10 * torch.log10(255**2 / mse.clamp_min(1e-10))).numpy()

@@ -110,3 +110,10 @@ def test_train_benchmark_variants_run_with_equal_parameter_counts(variant):
     assert 0 < own < result["saved_for_backward_mb"]
     if variant == "peft-shira":
         assert own * 2**20 > sum(w.numel() * w.element_size() for w in weights.values())
+
+
+def test_train_benchmark_runs_under_bf16_autocast():
+    from shira_diffusion.bench.train import run_variant
+
+    result = run_variant("shira", rank=2, latent=8, steps=1, unet=make_unet(), dtype="bf16")
+    assert result["step_ms"] > 0 and result["saved_for_backward_mb"] > 0

@@ -34,11 +34,13 @@ def grammar_prompts(count: int, seed: int = 2026) -> list[dict]:
 
 
 def bench_base(base: str, count: int = 200, steps: int = 20, seed: int = 0, guidance_scale: float = 5.0,
-               out_dir: str | None = None) -> dict:
-    """Content accuracy, time per image and VAE PSNR of one base."""
+               out_dir: str | None = None, device: str = "cpu", dtype: str = "fp32") -> dict:
+    """Content accuracy, time per image and VAE PSNR of one base, on ``device`` in ``dtype``."""
     from ..toy.train_base import vae_eval_sets
+    from .timing import describe_device, resolve_device, resolve_dtype, synchronize
 
-    pipe = load_pipeline(base)
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    pipe = load_pipeline(base).to(torch_device, torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     expected = grammar_prompts(count)
@@ -48,9 +50,11 @@ def bench_base(base: str, count: int = 200, steps: int = 20, seed: int = 0, guid
             started = time.perf_counter()
             out = pipe(item["prompt"], num_inference_steps=steps, guidance_scale=guidance_scale, height=size,
                        width=size, generator=torch.Generator().manual_seed(seed + i), output_type="np")
+            synchronize(torch_device)
             seconds.append(time.perf_counter() - started)
             images.append((out.images[0] * 255).round().astype(np.uint8))
-        psnr = {name: float(np.median(reconstruction_psnr(pipe.vae, batch))) for name, batch in vae_eval_sets().items()}
+        psnr = {name: float(np.median(reconstruction_psnr(pipe.vae, batch.to(torch_device, torch_dtype))))
+                for name, batch in vae_eval_sets().items()}
     if out_dir:
         _save_grid(images[:64], os.path.join(out_dir, f"{os.path.basename(str(base).rstrip('/'))}-grid.png"))
     return {
@@ -63,6 +67,8 @@ def bench_base(base: str, count: int = 200, steps: int = 20, seed: int = 0, guid
         "seconds_per_image": float(np.median(seconds)),
         "vae_median_psnr_db": psnr,
         "threads": torch.get_num_threads(),
+        "device": describe_device(torch_device),
+        "dtype": dtype,
     }
 
 
@@ -81,8 +87,9 @@ def shared_shapes(base_a: str, base_b: str, targets: str = "attn") -> dict:
 
 
 def bench_generate(bases: Sequence[str] = ("toy-sd", "toy-sdxl"), count: int = 200, steps: int = 20,
-                   seed: int = 0, out_dir: str | None = None) -> dict:
-    result = {"bases": {base: bench_base(base, count, steps, seed, out_dir=out_dir) for base in bases}}
+                   seed: int = 0, out_dir: str | None = None, device: str = "cpu", dtype: str = "fp32") -> dict:
+    result = {"bases": {base: bench_base(base, count, steps, seed, out_dir=out_dir, device=device, dtype=dtype)
+                        for base in bases}}
     if len(bases) == 2:
         result["shared_shapes"] = shared_shapes(*bases)
     return result

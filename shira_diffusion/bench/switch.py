@@ -18,9 +18,7 @@ trainable-parameter counts and identical target layers:
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
 import torch
@@ -28,20 +26,18 @@ import torch
 from ..core.adapter import SparseAdapter
 from ..core.architecture import random_full_size_unet, target_weights, unet_family
 from ..core.bank import StyleBank
-from ..errors import ShiraError
 from ..core.masks import DEFAULT_MASK, build_masks, matrix_shape
+from ..errors import ShiraError
+from .timing import describe_device, median_ms, resolve_device, resolve_dtype, timed
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
-
-def _median_ms(samples: list[float]) -> float:
-    return round(statistics.median(samples) * 1e3, 3)
+_median_ms = median_ms
+_DEVICE: torch.device | None = None  # the run's device: every timing waits for its queued work
 
 
 def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return timed(fn, _DEVICE)
 
 
 def _cold_median(repeats: int, load: Callable[[int], object], unload: Callable[[], object]) -> float:
@@ -106,17 +102,24 @@ def bench_switch(
     repeats: int = 7,
     log: Callable[[str], None] = print,
     unet=None,
+    device: str = "cpu",
+    dtype: str = "fp32",
 ) -> dict:
-    """Run the switch benchmark; ``unet`` replaces the full-size one (tests use tiny UNets)."""
+    """Run the switch benchmark on ``device`` with the UNet's weights in ``dtype``; ``unet``
+    replaces the full-size one (tests use tiny UNets)."""
+    global _DEVICE
     from peft import LoraConfig, ShiraConfig, get_peft_model_state_dict
 
     if repeats < 5:
         raise ShiraError("repeats must be at least 5 (medians of fewer runs are noise)")
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     if density is not None:
         rank = None
     if unet is None:
         log(f"building the full-size {arch} UNet with random weights ...")
         unet = random_full_size_unet(arch)
+    unet = unet.to(torch_device, torch_dtype)
+    _DEVICE = torch_device
     family = unet_family(unet)
     weights = target_weights(unet, targets)
     modules = sorted(n[: -len(".weight")] for n in weights)
@@ -130,6 +133,8 @@ def bench_switch(
         "layers": len(weights),
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
+        "device": describe_device(torch_device),
+        "dtype": dtype,
     }
 
     # ------------------------------------------------------------ this project
@@ -290,7 +295,7 @@ def format_switch_table(r: dict) -> str:
     lines = [
         f"{r['arch']} UNet, {r['targets']} targets, mask {r['mask']}, "
         f"{r['shira_params']:,} SHiRA params vs LoRA r={r['lora_rank']} ({r['lora_params']:,} params), "
-        f"median of {r['repeats']}, {r['torch_threads']} threads",
+        f"median of {r['repeats']}, {r.get('device', str(r['torch_threads']) + ' threads')}, {r.get('dtype', 'fp32')}",
         f"| {'ms':28} | shira-diffusion | diffusers LoRA | PEFT SHiRA |",
         f"|{'-' * 30}|-----------------|----------------|------------|",
     ]

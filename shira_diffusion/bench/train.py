@@ -58,15 +58,21 @@ class _PeakRSS:
 
 
 def run_variant(variant: str, arch: str = "sd15", rank: int = 16, latent: int = 32, steps: int = 3,
-                targets: str = "attn", unet=None) -> dict:
-    """Time ``steps`` optimizer steps of one variant (after one warm-up step) in this process."""
+                targets: str = "attn", unet=None, device: str = "cpu", dtype: str = "fp32") -> dict:
+    """Time ``steps`` optimizer steps of one variant (after one warm-up step) in this process, on
+    ``device``; ``dtype`` other than fp32 runs the forward under autocast to it (fp32 master
+    weights, as accelerate's mixed precision). On CUDA the memory figure is the allocator's peak
+    above the loaded model instead of the process's RSS."""
     from peft import LoraConfig, ShiraConfig
 
     from ..core.architecture import random_full_size_unet, resolve_targets, target_weights
     from ..core.masks import build_masks
     from ..core.sparse_training import SparseDeltaModel
+    from .timing import resolve_device, resolve_dtype, synchronize
 
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     unet = unet if unet is not None else random_full_size_unet(arch)
+    unet = unet.to(torch_device)
     unet.train()
     modules = list(resolve_targets(targets))
     if variant == "shira":
@@ -84,33 +90,44 @@ def run_variant(variant: str, arch: str = "sd15", rank: int = 16, latent: int = 
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     g = torch.Generator().manual_seed(0)
     config = unet.config
-    latents = torch.randn(1, config.in_channels, latent, latent, generator=g)
-    states = torch.randn(1, 77, config.cross_attention_dim, generator=g)
+    latents = torch.randn(1, config.in_channels, latent, latent, generator=g).to(torch_device)
+    states = torch.randn(1, 77, config.cross_attention_dim, generator=g).to(torch_device)
     kwargs = {}
     if config.addition_embed_type == "text_time":
         text_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, text_dim, generator=g),
-                                       "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]])}
-    noise = torch.randn(latents.shape, generator=g)
-    timestep = torch.tensor([500])
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, text_dim, generator=g).to(torch_device),
+                                       "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]], device=torch_device)}
+    noise = torch.randn(latents.shape, generator=g).to(torch_device)
+    timestep = torch.tensor([500], device=torch_device)
+    autocast = torch.autocast(torch_device.type, dtype=torch_dtype, enabled=torch_dtype != torch.float32)
+
+    def forward():
+        with autocast:
+            return model(latents, timestep, states, **kwargs).sample
 
     def step():
-        loss = F.mse_loss(model(latents, timestep, states, **kwargs).sample, noise)
+        loss = F.mse_loss(forward().float(), noise)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up: optimizer state allocated, allocator settled
     times = []
+    synchronize(torch_device)
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
     with _PeakRSS() as peak:
-        before = _rss_bytes()
+        before = _rss_bytes() if torch_device.type == "cpu" else torch.cuda.memory_allocated(torch_device)
         for _ in range(steps):
             started = time.perf_counter()
             step()
+            synchronize(torch_device)
             times.append(time.perf_counter() - started)
+    if torch_device.type == "cuda":
+        peak.peak = torch.cuda.max_memory_allocated(torch_device)
     adapted = ({layer["module"] for layer in model._layers.values()} if variant == "shira"
                else {m for m in unet.modules() if hasattr(m, "base_layer")})  # PEFT's wrapped layers
-    saved, own = _saved_for_backward(model, lambda: model(latents, timestep, states, **kwargs).sample, adapted)
+    saved, own = _saved_for_backward(model, forward, adapted)
     return {"variant": variant, "trainable_params": sum(p.numel() for p in params),
             "step_ms": 1000 * statistics.median(times), "peak_mb_above_loaded": (peak.peak - before) / 2**20,
             "saved_for_backward_mb": saved / 2**20, "saved_by_adapter_mb": own / 2**20,
@@ -155,13 +172,19 @@ def _saved_for_backward(model, forward, adapted: set[nn.Module] = frozenset()) -
     return sum(seen.values()), sum(size for ptr, size in seen.items() if ptr not in by_unet)
 
 
-def bench_train(arch: str = "sd15", rank: int = 16, latent: int = 32, steps: int = 5, log=print) -> dict:
+def bench_train(arch: str = "sd15", rank: int = 16, latent: int = 32, steps: int = 5, log=print,
+                device: str = "cpu", dtype: str = "fp32") -> dict:
     """All variants, each in a fresh process, side by side; ratios against PEFT LoRA."""
+    from .timing import describe_device, resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    resolve_dtype(dtype)
     results = {}
     for variant in VARIANTS:
-        log(f"{variant}: building the {arch} UNet and timing {steps} steps ...")
+        log(f"{variant}: building the {arch} UNet and timing {steps} steps on {device} ({dtype}) ...")
         code = ("import json, sys; from shira_diffusion.bench.train import run_variant; "
-                f"print(json.dumps(run_variant({variant!r}, {arch!r}, {rank}, {latent}, {steps})))")
+                f"print(json.dumps(run_variant({variant!r}, {arch!r}, {rank}, {latent}, {steps}, "
+                f"device={device!r}, dtype={dtype!r})))")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{variant} failed:\n{done.stderr[-2000:]}")
@@ -169,6 +192,7 @@ def bench_train(arch: str = "sd15", rank: int = 16, latent: int = 32, steps: int
     shira, lora, peft_shira = results["shira"], results["peft-lora"], results["peft-shira"]
     return {
         "arch": arch, "rank": rank, "latent": latent, "steps": steps, "threads": torch.get_num_threads(),
+        "device": describe_device(torch_device), "dtype": dtype,
         "variants": results,
         "shira_vs_lora_memory": shira["peak_mb_above_loaded"] / lora["peak_mb_above_loaded"],
         "shira_vs_lora_saved": shira["saved_for_backward_mb"] / lora["saved_for_backward_mb"],
@@ -180,7 +204,8 @@ def bench_train(arch: str = "sd15", rank: int = 16, latent: int = 32, steps: int
 
 
 def format_train_table(r: dict) -> str:
-    lines = ["| variant | trainable params | step (median) | peak RSS above loaded model | saved for backward "
+    lines = [f"{r['arch']} UNet, latent {r['latent']}, {r.get('device', 'CPU')}, {r.get('dtype', 'fp32')}",
+             "| variant | trainable params | step (median) | peak memory above loaded model | saved for backward "
              "| of which the adapter's own | params + grads + Adam |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for v in r["variants"].values():
         lines.append(f"| {v['variant']} | {v['trainable_params']:,} | {v['step_ms']:.0f} ms | "
