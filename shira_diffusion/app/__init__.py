@@ -1,0 +1,30 @@
+"""The Gradio app: ``build_demo()`` makes the page, ``main()`` serves it (``python app.py``).
+
+Modules: ``service`` (one pipeline and one StyleBank per loaded base, shared by every visitor),
+``ui`` (the ``gr.Blocks``: Create, Train, Styles), ``train_tab`` and ``training_jobs`` (background
+training), ``styles_view`` (gallery cards, inspector, the user's styles), ``uploads`` (limits,
+sanitised names, safe zips), ``recipe_png`` (a PNG's recipe), ``gpu`` (``spaces.GPU`` on ZeroGPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def build_demo(service=None):
+    from .ui import build_demo as build
+
+    return build(service)
+
+
+def main(demo=None) -> None:
+    """Serve the app: ``SHIRA_BASE`` chooses the default base (toy-sd), ``PORT``/``GRADIO_SERVER_PORT``
+    and ``GRADIO_SERVER_NAME`` where it listens (Gradio's own variables)."""
+    from .ui import launch_options
+
+    demo = demo or build_demo()
+    demo.shira_service.preload()
+    demo.launch(**launch_options())
+
+
+__all__ = ["build_demo", "main"]

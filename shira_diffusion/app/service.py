@@ -1,0 +1,257 @@
+"""The app's one shared object: a pipeline and a ``StyleBank`` per loaded base, behind locks.
+
+No visitor's state lives here. Every request names its base, styles, weights, prompt and seed; the
+service fuses that request's mix into the shared UNet and generates while holding the bank's lock,
+so two visitors with different mixes never see each other's styles. Generation goes through
+``shira_diffusion.generate.generate``, the function ``shira generate`` calls: the same mix, seed,
+steps and guidance give the same pixels as the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..bases import BUNDLED, list_bases, load_pipeline, pipeline_family
+from ..catalog import StyleCatalog, StyleRecord, bank_key, default_catalog
+from ..core.bank import StyleBank
+from ..errors import ShiraError
+from ..generate import DEFAULT_GUIDANCE, check_weight, generate
+from . import gpu
+from .recipe_png import make_recipe, save_png
+from .uploads import app_home
+
+logger = logging.getLogger(__name__)
+
+MAX_STYLES = 4  # styles in one mix (slider rows in the page)
+MAX_IMAGES = 4  # images per request
+MAX_STEPS = 100
+MAX_SEED = 2**31 - 1
+KEEP_OUTPUTS = 256  # generated PNGs kept on disk (the newest)
+
+
+def base_name(spec: str) -> str:
+    """The name the catalogue files a base's adapters under: what ``shira generate`` uses."""
+    return os.path.basename(os.path.normpath(str(spec)))
+
+
+@dataclass
+class LoadedBase:
+    spec: str
+    name: str
+    pipe: object
+    bank: StyleBank
+    family: str
+    seconds: float
+    # bank entry -> (mtime, size) of the file it was read from: a replaced file is read again
+    files: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+
+@dataclass
+class Generated:
+    images: list  # [(png path, caption)]
+    switch_ms: float
+    seconds: float
+    recipes: list[dict]
+
+
+class AppService:
+    """Pipelines and style banks of the loaded bases (at most ``max_bases``, least recently used
+    dropped), shared by every visitor."""
+
+    def __init__(self, default_base: str | None = None, max_bases: int = 2):
+        self.default_base = default_base or os.environ.get("SHIRA_BASE") or "toy-sd"
+        self.max_bases = max_bases
+        self.device = gpu.device()
+        self._bases: OrderedDict[str, LoadedBase] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        _SERVICES[id(self)] = self
+
+    # ------------------------------------------------------------------ bases
+    def base_choices(self) -> list[str]:
+        """The bundled bases and the SD/SDXL pipelines in the local Hugging Face cache."""
+        names = [source.name for source in list_bases()]
+        if self.default_base not in names:
+            names.insert(0, self.default_base)
+        return names
+
+    def base(self, spec: str | None = None) -> LoadedBase:
+        """The loaded base ``spec`` (loading it on first use; a clear ``ShiraError`` if it cannot be
+        loaded offline)."""
+        spec = (spec or self.default_base).strip()
+        if not spec:
+            raise ShiraError("choose a base")
+        with self._lock:
+            if spec in self._bases:
+                self._bases.move_to_end(spec)
+                return self._bases[spec]
+            loading = self._loading.setdefault(spec, threading.Lock())
+        with loading:  # one load per base; other bases load (or serve) meanwhile
+            with self._lock:
+                if spec in self._bases:
+                    return self._bases[spec]
+            start = time.perf_counter()
+            try:
+                pipe = load_pipeline(spec)
+            except ShiraError:
+                raise
+            except Exception as exc:  # diffusers/transformers errors on a broken folder
+                raise ShiraError(f"base {spec!r} could not be loaded: {type(exc).__name__}: {exc}") from None
+            family = pipeline_family(pipe)
+            pipe = pipe.to(self.device)
+            pipe.set_progress_bar_config(disable=True)
+            loaded = LoadedBase(spec, base_name(spec), pipe, StyleBank(pipe.unet), family,
+                                time.perf_counter() - start)
+            logger.info("loaded base %s in %.1f s", spec, loaded.seconds)
+            with self._lock:
+                self._bases[spec] = loaded
+                while len(self._bases) > self.max_bases:
+                    self._bases.popitem(last=False)
+        return loaded
+
+    def preload(self) -> threading.Thread:
+        """Load the default base in the background (the page serves meanwhile)."""
+        def run():
+            try:
+                self.base()
+            except ShiraError as exc:
+                logger.warning("default base not loaded: %s", exc)
+
+        thread = threading.Thread(target=run, name="shira-preload", daemon=True)
+        thread.start()
+        return thread
+
+    def is_loaded(self, spec: str) -> bool:
+        return spec in self._bases
+
+    # ------------------------------------------------------------------ styles
+    @staticmethod
+    def catalog() -> StyleCatalog:
+        return default_catalog()  # read now: user styles come and go
+
+    def styles(self, spec: str | None = None) -> list[StyleRecord]:
+        """The styles (bundled and the user's) with a SHiRA adapter for the base."""
+        return self.catalog().list(base_name(spec or self.default_base))
+
+    def _mix(self, loaded: LoadedBase, catalog: StyleCatalog, styles) -> dict[str, float]:
+        """Load the styles' adapters into the base's bank (again if a file changed); the bank mix."""
+        mix = {}
+        for style, weight in styles:
+            path = catalog.resolve_adapter(style, loaded.name)
+            key = bank_key(path)
+            stat = os.stat(path)
+            stamp = (stat.st_mtime, stat.st_size)
+            if key in loaded.bank and loaded.files.get(key) != stamp:
+                loaded.bank.remove(key)
+            if key not in loaded.bank:
+                loaded.bank.load(path, name=key)
+                loaded.files[key] = stamp
+            if key in mix:
+                raise ShiraError(f"style {style!r} is chosen twice")
+            mix[key] = check_weight(float(weight), style)
+        return mix
+
+    # ------------------------------------------------------------------ generating
+    def generate(self, base: str | None, styles, prompt: str, seed: int = 0, steps: int = 20,
+                 guidance: float = DEFAULT_GUIDANCE, count: int = 1) -> Generated:
+        """``count`` images of ``prompt`` (image i with seed+i) with the mix ``styles`` [(name, weight)]."""
+        styles, prompt, seed, steps, count = _checked(styles, prompt, seed, steps, count)
+        loaded = self.base(base)
+        start = time.perf_counter()
+        images, switch_ms = self._run(loaded, styles, [prompt] * count, seed, steps, guidance)
+        seconds = time.perf_counter() - start
+        recipes = [make_recipe(loaded.spec, styles, prompt, seed + i, steps, guidance) for i in range(count)]
+        mix = " + ".join(f"{n} {w:g}" for n, w in styles) or "base alone"
+        out = [(self._save(image, recipe), f"{mix} · seed {recipe['seed']}") for image, recipe in zip(images, recipes)]
+        return Generated(out, switch_ms, seconds, recipes)
+
+    def compare(self, base: str | None, styles, prompt: str, seed: int = 0, steps: int = 20,
+                guidance: float = DEFAULT_GUIDANCE) -> Generated:
+        """With one seed: the base alone, each style alone (at its weight), and the mix, labelled."""
+        styles, prompt, seed, steps, _ = _checked(styles, prompt, seed, steps, 1)
+        loaded = self.base(base)
+        variants = [("base alone", [])] + [(f"{n} {w:g} alone", [(n, w)]) for n, w in styles]
+        if len(styles) > 1:
+            variants.append(("mix: " + " + ".join(f"{n} {w:g}" for n, w in styles), styles))
+        start = time.perf_counter()
+        out, recipes, switches = [], [], []
+        for label, mix in variants:
+            images, switch_ms = self._run(loaded, mix, [prompt], seed, steps, guidance)
+            recipe = make_recipe(loaded.spec, mix, prompt, seed, steps, guidance)
+            out.append((self._save(images[0], recipe), label))
+            recipes.append(recipe)
+            switches.append(switch_ms)
+        return Generated(out, max(switches), time.perf_counter() - start, recipes)
+
+    def _run(self, loaded: LoadedBase, styles, prompts, seed, steps, guidance):
+        return _on_device(id(self), loaded.spec, styles, prompts, seed, steps, guidance)
+
+    def _fuse_and_generate(self, spec: str, styles, prompts, seed, steps, guidance):
+        """Fuse the request's mix (timed) and generate, all under the bank's lock."""
+        loaded = self.base(spec)
+        catalog = self.catalog()
+        with loaded.bank.lock:
+            mix = self._mix(loaded, catalog, styles)
+            start = time.perf_counter()
+            loaded.bank.apply(mix)
+            switch_ms = (time.perf_counter() - start) * 1000
+            images = generate(loaded.pipe, prompts, seed=seed, steps=steps, guidance_scale=guidance,
+                              styles=styles, base_name=loaded.name, bank=loaded.bank, catalog=catalog)
+        return images, switch_ms
+
+    @staticmethod
+    def _save(image, recipe: dict) -> str:
+        folder = app_home() / "outputs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{uuid.uuid4().hex[:16]}.png"
+        save_png(image, path, recipe)
+        _prune(folder, KEEP_OUTPUTS)
+        return str(path)
+
+
+_SERVICES: dict[int, AppService] = {}  # by id: what the GPU function is given is small and picklable
+
+
+@gpu.gpu(duration=60)
+def _on_device(service: int, spec: str, styles, prompts, seed, steps, guidance):
+    """The part of a request that needs the accelerator (``spaces.GPU`` on ZeroGPU)."""
+    return _SERVICES[service]._fuse_and_generate(spec, styles, prompts, seed, steps, guidance)
+
+
+def _checked(styles, prompt, seed, steps, count):
+    styles = [(str(name), float(weight)) for name, weight in styles]
+    if len(styles) > MAX_STYLES:
+        raise ShiraError(f"{len(styles)} styles chosen: mix at most {MAX_STYLES}")
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise ShiraError("write a prompt, e.g. 'a red circle on a blue background'")
+    if len(prompt) > 500:
+        raise ShiraError("the prompt is over 500 characters")
+    seed, steps, count = int(seed), int(steps), int(count)
+    if not 0 <= seed <= MAX_SEED:
+        raise ShiraError(f"seed must be in [0, {MAX_SEED}]")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ShiraError(f"steps must be in [1, {MAX_STEPS}]")
+    if not 1 <= count <= MAX_IMAGES:
+        raise ShiraError(f"images per request: 1 to {MAX_IMAGES}")
+    return styles, prompt, seed, steps, count
+
+
+def _prune(folder: Path, keep: int) -> None:
+    files = sorted(folder.glob("*.png"), key=lambda p: p.stat().st_mtime)
+    for old in files[:-keep] if len(files) > keep else []:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
+def bundled_base_names() -> list[str]:
+    return list(BUNDLED)

@@ -1,0 +1,210 @@
+"""Everything the app takes from a visitor's disk passes through here: size limits, allowed kinds,
+sanitised names, safe zip extraction, and writes under ``$SHIRA_HOME`` only.
+
+Accepted: adapters (``.safetensors``), images (``.png .jpg .jpeg .webp .bmp``), captions (``.txt``,
+beside the images) and ``.zip`` archives of images and captions. A zip entry whose path leaves its
+folder (``../x``, an absolute path, a drive letter) or that is a link refuses the whole archive.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+
+from ..catalog import sanitize_name, shira_home
+from ..errors import ShiraError
+
+MB = 2**20
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+ADAPTER_SUFFIX = ".safetensors"
+MAX_ADAPTER_BYTES = int(os.environ.get("SHIRA_APP_MAX_ADAPTER_MB", "512")) * MB
+MAX_IMAGE_BYTES = 20 * MB
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_CAPTION_BYTES = 4096
+MAX_ZIP_BYTES = 200 * MB  # the archive, and separately everything it unpacks to
+MAX_TRAINING_IMAGES = 500
+MAX_UPLOAD_BYTES = max(MAX_ADAPTER_BYTES, MAX_ZIP_BYTES)  # what the server accepts at all (launch)
+LORA_MARKERS = ("lora_A", "lora_B", "lora_down", "lora_up", "lora_unet_", "lora_te", ".alpha", "lora.up", "lora.down")
+
+
+def app_home() -> Path:
+    """``$SHIRA_HOME/app``: the app's uploads, training jobs and generated images."""
+    return shira_home() / "app"
+
+
+def new_work_folder(kind: str) -> Path:
+    """A fresh folder ``$SHIRA_HOME/app/<kind>/<random id>``."""
+    folder = app_home() / kind / uuid.uuid4().hex[:12]
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _label(path) -> str:
+    return os.path.basename(str(path))
+
+
+def check_size(path, limit: int, what: str) -> int:
+    size = os.path.getsize(path)
+    if size > limit:
+        raise ShiraError(f"{_label(path)}: {size / MB:.1f} MB is over the {limit // MB} MB limit for {what}")
+    return size
+
+
+def check_adapter_upload(path) -> str:
+    """An uploaded adapter: a ``.safetensors`` file under the size limit, and not a LoRA file (which
+    gets its own message). Full validation is ``SparseAdapter.load``'s."""
+    path = str(path)
+    if not path.lower().endswith(ADAPTER_SUFFIX):
+        raise ShiraError(f"{_label(path)}: only .safetensors adapter files are accepted")
+    check_size(path, MAX_ADAPTER_BYTES, "an adapter")
+    kind = foreign_adapter_kind(path)
+    if kind == "lora":
+        raise ShiraError(f"{_label(path)} is a LoRA file (diffusers or kohya keys), not a SHiRA adapter. "
+                         "Converting LoRAs to SHiRA is coming (`shira convert`); until then, use it with "
+                         "diffusers' load_lora_weights")
+    if kind == "peft-shira":
+        raise ShiraError(f"{_label(path)} is a PEFT SHiRA checkpoint: convert it first with "
+                         "`shira import-peft` and upload the result")
+    return path
+
+
+def foreign_adapter_kind(path) -> str | None:
+    """"lora" or "peft-shira" when a safetensors file's keys say so; None otherwise (or unreadable)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            meta = handle.metadata() or {}
+    except Exception:
+        return None
+    if meta.get("format") == "shira-diffusion":
+        return None
+    if any("shira_weight" in k or "shira_indices" in k for k in keys):
+        return "peft-shira"
+    if any(marker in k for k in keys for marker in LORA_MARKERS):
+        return "lora"
+    return None
+
+
+def check_image(path) -> Image.Image:
+    """An uploaded image, opened and decoded (RGB), or a clear error."""
+    check_size(path, MAX_IMAGE_BYTES, "an image")
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ShiraError(f"{_label(path)}: {image.width}x{image.height} is over the "
+                                 f"{MAX_IMAGE_PIXELS} pixel limit")
+            return image.convert("RGB")
+    except ShiraError:
+        raise
+    except Exception as exc:
+        raise ShiraError(f"{_label(path)}: not a readable image ({type(exc).__name__})") from None
+
+
+def _read_caption(path) -> str:
+    check_size(path, MAX_CAPTION_BYTES, "a caption")
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ShiraError(f"{_label(path)}: captions must be UTF-8 text") from None
+
+
+def _safe_member(info: zipfile.ZipInfo, archive: str) -> PurePosixPath | None:
+    """The member's relative path, or an error if it points outside the archive's folder; None for
+    folders and files the app ignores (macOS resource forks, hidden files)."""
+    name = info.filename.replace("\\", "/")
+    path = PurePosixPath(name)
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in path.parts:
+        raise ShiraError(f"{archive}: entry {info.filename!r} points outside the archive's folder; refused")
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise ShiraError(f"{archive}: entry {info.filename!r} is a link; refused")
+    if info.is_dir() or any(part.startswith((".", "__MACOSX")) for part in path.parts):
+        return None
+    return path
+
+
+def unpack_zip(path, dest: Path) -> list[Path]:
+    """Extract the images and captions of a zip into ``dest`` (flat, sanitised names), checked
+    entry by entry before anything is written."""
+    archive = _label(path)
+    check_size(path, MAX_ZIP_BYTES, "a zip archive")
+    try:
+        handle = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        raise ShiraError(f"{archive}: not a readable zip archive") from None
+    with handle:
+        members = []
+        for info in handle.infolist():
+            member = _safe_member(info, archive)
+            if member is not None and member.suffix.lower() in (*IMAGE_SUFFIXES, ".txt"):
+                members.append((info, member))
+        if sum(info.file_size for info, _ in members) > MAX_ZIP_BYTES:
+            raise ShiraError(f"{archive}: unpacks to more than {MAX_ZIP_BYTES // MB} MB; refused")
+        for info, member in members:
+            limit = MAX_CAPTION_BYTES if member.suffix.lower() == ".txt" else MAX_IMAGE_BYTES
+            if info.file_size > limit:
+                raise ShiraError(f"{archive}: entry {info.filename!r} is over the {limit // 1024} KB per-file limit")
+        written = []
+        for info, member in members:
+            target = dest / _flat_name(member)
+            with handle.open(info) as source, open(target, "wb") as out:  # reads at most file_size bytes
+                shutil.copyfileobj(source, out, length=MB)
+            written.append(target)
+    return written
+
+
+def _flat_name(member: PurePosixPath) -> str:
+    """``a/b/0001.PNG`` -> ``a-b-0001.png``: unique per member, sanitised, same stem for a caption."""
+    stem = sanitize_name("-".join([*member.parent.parts, member.stem])) if member.parent.parts else sanitize_name(member.stem)
+    return stem + member.suffix.lower()
+
+
+def training_folder(files, dest: Path, caption_for_all: str = "") -> tuple[int, int]:
+    """Put uploaded images (files and zips) with their captions into ``dest`` as a captioned image
+    folder: ``NAME.png`` + ``NAME.txt``. A same-name ``.txt`` is an image's caption; otherwise
+    ``caption_for_all``. Returns (images, captioned by their own .txt)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = dest / ".staging"
+    staging.mkdir(exist_ok=True)
+    try:
+        paths = []
+        for file in files or []:
+            file = str(file)
+            suffix = Path(file).suffix.lower()
+            if suffix == ".zip":
+                paths.extend(unpack_zip(file, staging))
+            elif suffix in (*IMAGE_SUFFIXES, ".txt"):
+                paths.append(Path(file))
+            else:
+                raise ShiraError(f"{_label(file)}: only images ({', '.join(IMAGE_SUFFIXES)}), .txt captions "
+                                 "and .zip archives are accepted for training")
+        captions = {sanitize_name(p.stem): _read_caption(p) for p in paths if p.suffix.lower() == ".txt"}
+        images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise ShiraError("no training images: upload images (or a zip of them)")
+        if len(images) > MAX_TRAINING_IMAGES:
+            raise ShiraError(f"{len(images)} images: at most {MAX_TRAINING_IMAGES} per style")
+        own, seen = 0, set()
+        for path in images:
+            stem = sanitize_name(path.stem)
+            caption = captions.get(stem) or caption_for_all.strip()
+            if not caption:
+                raise ShiraError(f"{path.name} has no caption: add a same-name .txt, or one caption for all")
+            own += stem in captions
+            name = stem
+            while name in seen:
+                name = f"{stem}-{len(seen)}"
+            seen.add(name)
+            check_image(path).save(dest / f"{name}.png")
+            (dest / f"{name}.txt").write_text(caption, encoding="utf-8")
+        return len(images), own
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
