@@ -22,6 +22,7 @@ prompts at it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +36,8 @@ from ..metrics import content_scores, style_strength
 from ..toy.prompts import grammar_prompts, reserved_prompts
 from ..toy.world import parse_prompt
 from .specs import STYLES, adapter_path
+
+logger = logging.getLogger(__name__)
 
 CANDIDATES = (5.0, 3.0, 2.0, 1.0)  # the pipelines' default first; 1 is no guidance (half the compute)
 VALIDATION_SEED = 1000  # pool prompt k uses seeds 1000 + k, 2000 + k, ...: none of the test seeds (0-99)
@@ -286,12 +289,10 @@ def rechoose(result: dict) -> dict:
     run measured no other weight there). Adapters that went through ``styles retrain`` since are
     left alone (the saved run may have measured the one they replaced; their own figures are in
     ``style.json``)."""
-    import sys
-
     for key, entry in list(result["adapters"].items()):
         name, variant = key.split("/")
         if "trials" in recorded_entry(name, result["base"], variant):
-            print(f"{result['base']} {key}: retrained since this run, left as style.json has it", file=sys.stderr)
+            logger.warning("%s %s: retrained since this run, left as style.json has it", result["base"], key)
             del result["adapters"][key]
             continue
         measured = {float(g): m for g, m in entry["measured"].items()}
