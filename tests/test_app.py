@@ -1,9 +1,20 @@
+"""The app's pieces without a server: the thin app.py, the inspector, recipe PNGs, upload checks
+(sizes, kinds, safe zips), and the service's request checks. Fast: no pipeline is loaded."""
+
 import importlib.util
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from safetensors.torch import save_file
+import torch
 
 from conftest import make_adapter
+from shira_diffusion.app import recipe_png, uploads
+from shira_diffusion.app.service import MAX_STYLES, _checked
+from shira_diffusion.errors import ShiraError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,6 +25,17 @@ def app():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHIRA_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_app_py_is_a_thin_entry_point(app):
+    assert len((ROOT / "app.py").read_text().splitlines()) < 30
+    assert hasattr(app.demo, "shira_service") and app.demo.shira_service.default_base == "toy-sd"
 
 
 def test_inspect_shows_a_valid_adapter(app, sd_unet, tmp_path):
@@ -32,16 +54,89 @@ def test_inspect_explains_a_bad_file(app, tmp_path):
     assert text.startswith("**This file cannot be used:**") and rows == [] and meta == {}
 
 
-def test_served_app_answers_through_the_api(app, sd_unet, tmp_path):
-    from gradio_client import Client, handle_file
+def test_a_lora_file_gets_the_conversion_message(app, tmp_path):
+    for keys in (["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"],
+                 ["unet.down_blocks.0.attentions.0.proj_in.lora_A.weight"]):
+        path = tmp_path / "style.safetensors"
+        save_file({k: torch.zeros(2, 2) for k in keys}, str(path))
+        text, _, _ = app.inspect_adapter(str(path))
+        assert "LoRA file" in text and "shira convert" in text
 
-    path = tmp_path / "ink.safetensors"
-    make_adapter(sd_unet, "ink").save(path)
-    app.demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    try:
-        client = Client(app.demo.local_url, verbose=False)
-        text, table, meta = client.predict(handle_file(str(path)), api_name="/inspect")
-        assert "ink" in text
-        assert meta["name"] == "ink"
-    finally:
-        app.demo.close()
+
+def test_only_safetensors_adapters_are_accepted(tmp_path):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"x")
+    with pytest.raises(ShiraError, match="only .safetensors"):
+        uploads.check_adapter_upload(path)
+
+
+def test_recipe_round_trips_through_a_png(tmp_path):
+    recipe = recipe_png.make_recipe("toy-sd", [("hatching", 0.8), ("pastel", 0.6)], "a red circle on a blue background",
+                                    7, 12, 3.5)
+    path = tmp_path / "out.png"
+    recipe_png.save_png(Image.new("RGB", (64, 64)), path, recipe)
+    assert recipe_png.read_recipe(path) == recipe
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(ShiraError, match="no shira-diffusion recipe"):
+        recipe_png.read_recipe(tmp_path / "plain.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    with pytest.raises(ShiraError, match="only PNGs"):
+        recipe_png.read_recipe(tmp_path / "photo.jpg")
+
+
+def _image(path, color=(200, 30, 30)):
+    Image.fromarray(np.full((64, 64, 3), color, np.uint8)).save(path)
+    return path
+
+
+def test_training_folder_pairs_images_with_captions(tmp_path, home):
+    a = _image(tmp_path / "A Photo.png")
+    (tmp_path / "A Photo.txt").write_text("a red square on a blue background")
+    b = _image(tmp_path / "b.jpg")
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(a, "sub/c.png")
+        z.writestr("sub/c.txt", "a green ring on a black background")
+        z.writestr("__MACOSX/sub/._c.png", "junk")
+    dest = uploads.new_work_folder("jobs") / "data"
+    count, own = uploads.training_folder([a, tmp_path / "A Photo.txt", b, archive], dest, "a shape")
+    assert (count, own) == (3, 2)
+    assert sorted(p.name for p in dest.iterdir()) == ["a-photo.png", "a-photo.txt", "b.png", "b.txt",
+                                                      "sub-c.png", "sub-c.txt"]
+    assert (dest / "b.txt").read_text() == "a shape"
+    assert str(dest).startswith(str(home))
+
+
+@pytest.mark.parametrize("entry", ["../evil.png", "/etc/evil.png", "a/../../evil.png", "C:/evil.png"])
+def test_a_zip_entry_outside_its_folder_is_refused(tmp_path, home, entry):
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("ok.png", b"x")
+        z.writestr(entry, b"x")
+    dest = uploads.new_work_folder("jobs") / "data"
+    with pytest.raises(ShiraError, match="outside the archive"):
+        uploads.training_folder([archive], dest, "caption")
+    assert not (tmp_path / "evil.png").exists() and not list(dest.glob("*.png"))
+
+
+def test_training_uploads_are_checked(tmp_path, home):
+    dest = uploads.new_work_folder("jobs") / "data"
+    (tmp_path / "x.exe").write_bytes(b"MZ")
+    with pytest.raises(ShiraError, match="only images"):
+        uploads.training_folder([tmp_path / "x.exe"], dest)
+    (tmp_path / "fake.png").write_bytes(b"not a png")
+    with pytest.raises(ShiraError, match="not a readable image"):
+        uploads.training_folder([tmp_path / "fake.png"], dest, "caption")
+    with pytest.raises(ShiraError, match="no caption"):
+        uploads.training_folder([_image(tmp_path / "a.png")], dest)
+    with pytest.raises(ShiraError, match="no training images"):
+        uploads.training_folder([], dest)
+
+
+def test_requests_are_checked_before_any_work():
+    with pytest.raises(ShiraError, match="prompt"):
+        _checked([], "  ", 0, 20, 1)
+    with pytest.raises(ShiraError, match="at most"):
+        _checked([(f"s{i}", 1.0) for i in range(MAX_STYLES + 1)], "a red circle", 0, 20, 1)
+    with pytest.raises(ShiraError, match="steps"):
+        _checked([], "a red circle", 0, 0, 1)

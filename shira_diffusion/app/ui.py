@@ -236,7 +236,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
             weights = [w for _, w in recipe["styles"]]
             sliders_now = [gr.update(visible=i < len(current), label=f"{current[i]} weight" if i < len(current) else "weight",
                                      value=weights[i] if i < len(current) else 1.0) for i in range(MAX_STYLES)]
-            return (gr.update(value=base_value), cards(base_value), gr.update(choices=names, value=current), *sliders_now,
+            return (base_value, cards(base_value), gr.update(choices=names, value=current), *sliders_now,
                     recipe["prompt"], recipe["seed"], recipe["steps"], recipe["guidance"], current,
                     f"Recipe loaded: {len(current)} style(s), seed {recipe['seed']}. Press Generate to make it again.")
 

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from ..catalog import sanitize_name, shira_home
+from ..core.adapter import FORMAT_NAME
 from ..errors import ShiraError
 
 MB = 2**20
@@ -84,9 +85,9 @@ def foreign_adapter_kind(path) -> str | None:
             meta = handle.metadata() or {}
     except Exception:
         return None
-    if meta.get("format") == "shira-diffusion":
+    if meta.get("format") == FORMAT_NAME:
         return None
-    if any("shira_weight" in k or "shira_indices" in k for k in keys):
+    if any(k.endswith("shira_weight") for k in keys):
         return "peft-shira"
     if any(marker in k for k in keys for marker in LORA_MARKERS):
         return "lora"
