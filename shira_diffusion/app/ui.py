@@ -27,6 +27,7 @@ EXAMPLE_PROMPTS = [
 ]
 GENERATE_CONCURRENCY = 1  # one pipeline per base: requests take turns on it (the bank lock would serialise them anyway)
 QUEUE_SIZE = 32
+CSS = "#images img, #style-gallery img { image-rendering: pixelated; }"  # 64x64 images, shown large
 HEADER = (
     "# shira-diffusion\n"
     "Sparse high-rank (SHiRA) style adapters: 1-2 % of the base weights, fused in place, several at once, "
@@ -48,7 +49,8 @@ def _user_errors(function):
 
 def launch_options() -> dict:
     """What ``demo.launch`` needs: the upload size limit and the folders the page may show files from."""
-    return {"max_file_size": MAX_UPLOAD_BYTES, "allowed_paths": [str(BUNDLED_ROOT), str(user_root()), str(app_home())]}
+    return {"max_file_size": MAX_UPLOAD_BYTES, "allowed_paths": [str(BUNDLED_ROOT), str(user_root()), str(app_home())],
+            "css": CSS}
 
 
 def build_demo(service: AppService | None = None) -> gr.Blocks:
@@ -93,7 +95,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
             # ---------------------------------------------------------------- Create
             with gr.Tab("Create", id="create"):
                 gallery = gr.Gallery(label="Styles for this base (click to choose; click again to drop)",
-                                     columns=6, height=260, allow_preview=False, elem_id="style-gallery")
+                                     columns=6, height=230, allow_preview=False, elem_id="style-gallery")
                 # a Dropdown, not a CheckboxGroup: its choices change with the base and the user's
                 # styles, and API clients name styles the page has not listed yet
                 chosen = gr.Dropdown([r.name for r in service.styles()], value=[], multiselect=True,
@@ -108,7 +110,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                     with gr.Column(scale=2):
                         with gr.Row():
                             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
-                            dice = gr.Button("🎲", scale=0, min_width=50, elem_id="dice")
+                            dice = gr.Button("Random seed", scale=0, min_width=90, elem_id="dice")
                         steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", elem_id="steps")
                         guidance = gr.Slider(0.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance",
                                              info="a single style's recommended guidance; 5 for a mix",
@@ -118,8 +120,8 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                                               "mix, one seed, side by side", elem_id="compare")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 status = gr.Markdown(elem_id="status")
-                images = gr.Gallery(label="Images (each PNG carries its recipe)", columns=4, height=300,
-                                    elem_id="images", format="png")
+                images = gr.Gallery(label="Images (each PNG carries its recipe)", columns=5, fit_columns=False,
+                                    height=260, preview=False, object_fit="contain", elem_id="images", format="png")
                 recipe_file = gr.File(label="Drop a PNG made here: its recipe fills the controls",
                                       file_types=[".png"], type="filepath", height=90, elem_id="recipe-drop")
 

@@ -1,0 +1,94 @@
+"""The page in a real browser (Chromium driven by Playwright): choose two styles in the gallery,
+move a weight slider, generate, see the image and the switch time; switch to another style and see
+a new image. Saves ``assets/app/create.png`` (README shows it).
+
+Needs Debian's Chromium (``apt-get install chromium``) and ``pip install playwright``; ``.ci/run``
+installs both. Where either is missing the test is skipped with the reason (in CI it runs)."""
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("SHIRA_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOT = ROOT / "assets" / "app" / "create.png"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    from shira_diffusion.app import build_demo
+    from shira_diffusion.app.ui import launch_options
+
+    old = os.environ.get("SHIRA_HOME")
+    os.environ["SHIRA_HOME"] = str(tmp_path_factory.mktemp("shira-home"))
+    demo = build_demo()
+    demo.shira_service.preload()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                **launch_options())
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+        if old is None:
+            os.environ.pop("SHIRA_HOME", None)
+        else:
+            os.environ["SHIRA_HOME"] = old
+
+
+def thumbnail(page, name: str):
+    return page.locator("#style-gallery button.thumbnail-item", has=page.locator(f"img[alt^='{name} ']"))
+
+
+def test_choose_mix_generate_and_switch_in_a_browser(url):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1500})
+            page.goto(url)
+            page.wait_for_selector("#style-gallery img", timeout=60_000)
+            thumbnail(page, "hatching").click()
+            page.wait_for_selector("#weight-0 input[type=range]", timeout=30_000)
+            thumbnail(page, "pastel").click()
+            page.wait_for_selector("#weight-1 input[type=range]", timeout=30_000)
+            assert "hatching weight" in page.inner_text("#weight-0") and "pastel weight" in page.inner_text("#weight-1")
+            page.locator("#weight-1 input[type=range]").fill("0.6")
+            page.locator("#steps input[type=number]").fill("8")
+            page.locator("#steps input[type=number]").press("Enter")
+
+            page.click("#generate")
+            page.wait_for_function("document.querySelector('#status').innerText.includes('switched in')",
+                                   timeout=120_000)
+            first = page.locator("#images img").first.get_attribute("src")
+            assert first and re.search(r"hatching [0-9.]+ \+ pastel 0\.6 ", page.inner_text("#images"))
+            assert "switched in" in page.inner_text("#status")
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            thumbnail(page, "pastel").click()  # drop pastel, take night
+            thumbnail(page, "night").click()
+            page.wait_for_function("document.querySelector('#weight-1') && "
+                                   "document.querySelector('#weight-1').innerText.includes('night weight')",
+                                   timeout=30_000)
+            status = page.inner_text("#status")
+            page.click("#generate")
+            page.wait_for_function(f"document.querySelector('#status').innerText !== {status!r} && "
+                                   "document.querySelector('#status').innerText.includes('switched in')",
+                                   timeout=120_000)
+            page.wait_for_function(f"document.querySelector('#images img') && "
+                                   f"document.querySelector('#images img').src !== {first!r}", timeout=30_000)
+            assert re.search(r"hatching [0-9.]+ \+ night [0-9.]+ ", page.inner_text("#images"))
+        finally:
+            browser.close()
