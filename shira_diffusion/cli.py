@@ -154,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a style adapter (SHiRA or LoRA) from images and captions",
         description="The same flags as train_style.py (which `accelerate launch` runs on several GPUs).",
     )
-    from .training.trainer import add_arguments
+    from .training.config import add_arguments
 
-    add_arguments(train)
+    add_arguments(train)  # one flag per TrainConfig field: defaults and help live on the fields
 
     gen = commands.add_parser(
         "generate",
@@ -455,10 +455,27 @@ def shape_only_unet(config: dict):
 
 
 def _cmd_train(args) -> None:
-    from .training.trainer import config_from_args, train
+    import logging
 
-    record = train(config_from_args(args))
-    print(f"wrote {record['files']['adapter']} ({record['trainable_params']:,} parameters, {record['seconds']} s)")
+    from .training import TrainingInterrupted, config_from_args, train
+
+    handler = logging.StreamHandler(sys.stderr)  # the library's progress messages, as plain lines
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("shira_diffusion")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        record = train(config_from_args(args))
+    except TrainingInterrupted as exc:
+        print(f"shira: interrupted at step {exc.record['steps']} of {exc.record['total_steps']}; checkpoint "
+              f"{exc.record['checkpoint']}: run the same command with --resume_from_checkpoint latest to finish",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        log.removeHandler(handler)
+    trigger = f"; trigger {record['trigger']!r} (inferred from the captions)" if record["trigger_inferred"] else ""
+    print(f"wrote {record['files']['adapter']} ({record['trainable_params']:,} parameters, {record['seconds']} s"
+          f"{trigger})")
 
 
 COMMANDS = {

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from shira_diffusion import ShiraError, SparseAdapter
 from shira_diffusion.toy.looks import LOOKS
 from shira_diffusion.toy.world import write_dataset
-from shira_diffusion.training.trainer import TrainConfig, train
+from shira_diffusion.training import TrainCallbacks, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,34 +55,21 @@ def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(bases, data, tmp_
                   lr_scheduler="cosine", save_dtype="fp32")
     whole = train(TrainConfig(output=str(tmp_path / "a.safetensors"), **common))
     second = dict(common, output=str(tmp_path / "b.safetensors"), checkpointing_steps=2)
-    with pytest.raises(_Interrupted):
-        train_until(TrainConfig(**second), stop_after=2)
+    train_until(TrainConfig(**second), stop_after=2)
     resumed = train(TrainConfig(resume_from_checkpoint="latest", **second))
     assert resumed["sha256"] == whole["sha256"]
     a, b = SparseAdapter.load(tmp_path / "a.safetensors"), SparseAdapter.load(tmp_path / "b.safetensors")
     assert all(torch.equal(a.values[k], b.values[k]) for k in a.values)
 
 
-class _Interrupted(Exception):
-    """Raised by ``train_until`` to stop a run like a killed job."""
-
-
 def train_until(config, stop_after):
-    """Run ``train`` and stop it (like a killed job) once the checkpoint of step ``stop_after`` exists."""
-    import shira_diffusion.training.trainer as training
-
-    original = training._save_checkpoint
-
-    def save_then_stop(folder, step, *args, **kwargs):
-        original(folder, step, *args, **kwargs)
-        if step == stop_after:
-            raise _Interrupted()
-
-    training._save_checkpoint = save_then_stop
-    try:
-        train(config)
-    finally:
-        training._save_checkpoint = original
+    """Run ``train`` and stop it (as an app's stop button does) once step ``stop_after`` is done:
+    a resumable checkpoint, no adapter."""
+    stop = threading.Event()
+    record = train(config, callbacks=TrainCallbacks(on_step=lambda step, total, loss: step == stop_after and stop.set(),
+                                                    stop=stop))
+    assert record["stopped"] and record["steps"] == stop_after and not os.path.exists(config.output)
+    assert os.path.basename(record["checkpoint"]) == f"step-{stop_after:06d}.pt"
 
 
 def test_lora_baseline_loads_in_diffusers_and_as_kohya(bases, data, tmp_path):
@@ -219,8 +207,7 @@ def test_ema_saves_the_average_and_resumes_exactly(bases, data, tmp_path):
     assert whole["sha256"] != last["sha256"]
     assert json.loads((tmp_path / "a.json").read_text())["recipe"]["ema_decay"] == 0.9
     second = dict(common, output=str(tmp_path / "b.safetensors"), checkpointing_steps=2, ema_decay=0.9)
-    with pytest.raises(_Interrupted):
-        train_until(TrainConfig(**second), stop_after=2)
+    train_until(TrainConfig(**second), stop_after=2)
     resumed = train(TrainConfig(resume_from_checkpoint="latest", **second))
     assert resumed["sha256"] == whole["sha256"]
     with pytest.raises(ShiraError, match="ema_decay"):

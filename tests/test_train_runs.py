@@ -1,0 +1,190 @@
+"""Driving a training run: a caller's pipeline (left as found), callbacks and stop, overwrite and
+atomic writes, checkpoints that belong to their run, and Ctrl-C + resume, bit-exact."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from shira_diffusion import ShiraError, SparseAdapter
+from shira_diffusion.bases import load_pipeline
+from shira_diffusion.toy.looks import LOOKS
+from shira_diffusion.toy.world import write_dataset
+from shira_diffusion.training import StyleTrainer, TrainCallbacks, TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+FAST = dict(train_batch_size=1, max_train_steps=4, progress=False, save_dtype="fp32", cache_latents=True,
+            resolution=32, trigger="zxq")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs-data")
+    write_dataset(folder, 3, seed=11, style="zxq", look=LOOKS["hatching"])
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def other_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs-other")
+    write_dataset(folder, 3, seed=12, style="zxq", look=LOOKS["hatching"])
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def pipe(toy_pipeline_folders):
+    pipe = load_pipeline(toy_pipeline_folders["sd"])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _snapshot(unet):
+    return ({k: v.clone() for k, v in unet.state_dict().items()},
+            {n: type(m).__name__ for n, m in unet.named_modules()},
+            {n: p.requires_grad for n, p in unet.named_parameters()}, unet.training)
+
+
+def _same_unet(unet, snapshot):
+    state, kinds, grads, training = snapshot
+    now = unet.state_dict()
+    assert now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+    assert {n: type(m).__name__ for n, m in unet.named_modules()} == kinds
+    assert {n: p.requires_grad for n, p in unet.named_parameters()} == grads and unet.training == training
+    assert not any("forward" in m.__dict__ for m in unet.modules())  # no routed forward left behind
+    assert not getattr(unet, "peft_config", None)
+
+
+@pytest.mark.parametrize("adapter", ["shira", "lora"])
+def test_a_callers_pipeline_trains_with_live_losses_stops_resumes_and_is_left_as_found(pipe, data, tmp_path,
+                                                                                        adapter):
+    config = dict(FAST, adapter=adapter, train_data_dir=data)
+    before = _snapshot(pipe.unet)
+    whole = train(TrainConfig(output=str(tmp_path / "whole.safetensors"), **config), pipeline=pipe)
+    _same_unet(pipe.unet, before)
+
+    seen, stop = [], threading.Event()
+
+    def on_step(step, total, loss):
+        seen.append((step, total, loss))
+        if step == 2:
+            stop.set()
+
+    part = TrainConfig(output=str(tmp_path / "part.safetensors"), **config)
+    stopped = train(part, pipeline=pipe, callbacks=TrainCallbacks(on_step=on_step, stop=stop))
+    _same_unet(pipe.unet, before)
+    assert [(s, t) for s, t, _ in seen] == [(1, 4), (2, 4)] and all(loss > 0 for _, _, loss in seen)
+    assert stopped["stopped"] and stopped["steps"] == 2 and stopped["files"] == {}
+    assert os.path.isfile(stopped["checkpoint"]) and not (tmp_path / "part.safetensors").exists()
+    assert stopped["losses"] == [loss for _, _, loss in seen] == whole["losses"][:2]
+
+    resumed = train(TrainConfig(output=part.output, resume_from_checkpoint="latest", **config), pipeline=pipe,
+                    callbacks=TrainCallbacks(on_step=lambda *a: seen.append(a), stop=lambda: False))
+    _same_unet(pipe.unet, before)
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4]
+    assert not resumed["stopped"] and resumed["sha256"] == whole["sha256"]
+    assert (tmp_path / "whole.safetensors").is_file() and (tmp_path / "part.safetensors").is_file()
+    if adapter == "shira":
+        a, b = SparseAdapter.load(tmp_path / "whole.safetensors"), SparseAdapter.load(tmp_path / "part.safetensors")
+        assert all(torch.equal(a.values[k], b.values[k]) for k in a.values)
+
+
+def test_lora_training_is_seeded(pipe, data, tmp_path):
+    first = train(TrainConfig(output=str(tmp_path / "a.safetensors"), adapter="lora", train_data_dir=data, **FAST),
+                  pipeline=pipe)
+    torch.rand(3)  # the global RNG moved on: no matter
+    second = train(TrainConfig(output=str(tmp_path / "b.safetensors"), adapter="lora", train_data_dir=data, **FAST),
+                   pipeline=pipe)
+    assert first["sha256"] == second["sha256"]
+
+
+def test_outputs_are_never_overwritten_without_asking_and_are_written_atomically(pipe, data, tmp_path):
+    out = tmp_path / "style.safetensors"
+    config = dict(FAST, train_data_dir=data, output=str(out), max_train_steps=1)
+    train(TrainConfig(**config), pipeline=pipe)
+    first = out.read_bytes()
+    with pytest.raises(ShiraError, match="already exists; pass --overwrite"):
+        StyleTrainer(TrainConfig(**config), pipeline=pipe)
+    assert out.read_bytes() == first
+    train(TrainConfig(**dict(config, overwrite=True, seed=1)), pipeline=pipe)
+    assert out.read_bytes() != first
+    assert sorted(os.listdir(tmp_path)) == ["style.json", "style.loss.png", "style.safetensors"]  # no temp files
+
+
+def test_checkpoints_belong_to_their_run(pipe, data, other_data, tmp_path):
+    out = str(tmp_path / "run.safetensors")
+    config = dict(FAST, train_data_dir=data, output=out)
+    stop = threading.Event()
+    record = train(TrainConfig(**config), pipeline=pipe,
+                   callbacks=TrainCallbacks(on_step=lambda s, t, loss: stop.set(), stop=stop))
+    checkpoint = record["checkpoint"]
+    resume = dict(config, resume_from_checkpoint="latest")
+    with pytest.raises(ShiraError, match=r"belongs to another run: learning_rate \(0.003 there, 0.001 here\), "
+                                         r"max_train_steps \(4 there, 8 here\)"):
+        StyleTrainer(TrainConfig(**dict(resume, learning_rate=1e-3, max_train_steps=8)))
+    with pytest.raises(ShiraError, match="belongs to another run: the training data differ"):
+        StyleTrainer(TrainConfig(**dict(resume, train_data_dir=other_data)))
+    with pytest.raises(ShiraError, match="holds checkpoints of an earlier run"):
+        StyleTrainer(TrainConfig(**dict(config, train_data_dir=other_data)))
+    # Bookkeeping fields may change: a checkpoint cadence, progress display, the saved dtype.
+    StyleTrainer(TrainConfig(**dict(resume, checkpointing_steps=2, save_dtype="fp16", progress=True)))
+    # An explicit file, and a broken one.
+    StyleTrainer(TrainConfig(**dict(config, resume_from_checkpoint=checkpoint)))
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(Path(checkpoint).read_bytes()[:200])
+    with pytest.raises(ShiraError, match=r"checkpoint .*broken.pt is corrupt or truncated") as info:
+        StyleTrainer(TrainConfig(**dict(config, resume_from_checkpoint=str(broken))))
+    assert "\n" not in str(info.value)
+    # --overwrite starts anew: the earlier run's checkpoints are cleared.
+    train(TrainConfig(**dict(config, train_data_dir=other_data, overwrite=True, max_train_steps=1)), pipeline=pipe)
+    assert not os.path.exists(checkpoint)
+
+
+def _flags(base, data, out):
+    return ["--base", base, "--train_data_dir", data, "--output", out, "--max_train_steps", "24",
+            "--train_batch_size", "1", "--cache_latents", "--resolution", "32", "--save_dtype", "fp32",
+            "--trigger", "zxq"]
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_exactly(toy_pipeline_folders, data, other_data, tmp_path):
+    import train_style
+
+    base = toy_pipeline_folders["sd"]
+    out = str(tmp_path / "ink.safetensors")
+    checkpoints = tmp_path / "ink.checkpoints"
+    # The same thread count as this process (the default): float sums split over threads differently
+    # would differ in their last bits, and the comparison below is exact.
+    run = subprocess.Popen([sys.executable, str(ROOT / "train_style.py"), *_flags(base, data, out),
+                            "--checkpointing_steps", "2"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("step-*.pt")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("train_style.py: interrupted at step") and "--resume_from_checkpoint latest" in last
+    saved = sorted(checkpoints.glob("step-*.pt"))
+    assert saved and int(saved[-1].stem.split("-")[1]) < 24 and not os.path.exists(out)
+
+    # Another run's data: its checkpoints are refused, with or without resuming.
+    for extra in (["--resume_from_checkpoint", "latest"], []):
+        assert train_style.main([*_flags(base, other_data, out), *extra]) == 1
+    assert os.path.exists(saved[-1])
+
+    assert train_style.main([*_flags(base, data, out), "--resume_from_checkpoint", "latest"]) == 0
+    whole = train(TrainConfig(base=base, train_data_dir=data, output=str(tmp_path / "whole.safetensors"),
+                              max_train_steps=24, train_batch_size=1, cache_latents=True, resolution=32,
+                              save_dtype="fp32", trigger="zxq", progress=False))
+    a, b = SparseAdapter.load(out), SparseAdapter.load(tmp_path / "whole.safetensors")
+    assert a.values.keys() == b.values.keys() and all(torch.equal(a.values[k], b.values[k]) for k in a.values)
+    import json
+
+    assert json.loads((tmp_path / "ink.json").read_text())["sha256"] == whole["sha256"]
