@@ -80,3 +80,20 @@ def test_a_large_slot_mask_is_still_a_few_strided_blocks():
     size = mask_size((1280, 1280), rank=16)
     plan = ScatterPlan(struct_slot_mask((1280, 1280), size, 3))
     assert len(plan.blocks) <= 32 and len(plan.remainder) < 0.05 * size
+
+
+def test_ties_keeps_lone_entries_and_resolves_sign_conflicts_by_hand():
+    from shira_diffusion.core.adapter import SparseAdapter
+    from shira_diffusion.fusion.ties import ties_merge
+
+    def adapter(name, idx, vals):
+        return SparseAdapter(indices={"w": torch.tensor(idx, dtype=torch.int32)},
+                             values={"w": torch.tensor(vals, dtype=torch.float32)}, shapes={"w": (2, 4)},
+                             base_arch="sd", name=name)
+
+    a = adapter("a", [0, 1, 2], [1.0, 2.0, -1.0])
+    b = adapter("b", [1, 2, 5], [4.0, 3.0, 7.0])
+    merged = ties_merge([a, b], [1.0, 0.5])
+    assert merged.indices["w"].tolist() == [0, 1, 2, 5]
+    # entry 0: a alone (1); 1: both positive, mean of 2 and 2 (b at 0.5) = 2; 2: -1 vs +1.5: + wins, 1.5; 5: b alone 3.5
+    assert merged.values["w"].tolist() == pytest.approx([1.0, 2.0, 1.5, 3.5])

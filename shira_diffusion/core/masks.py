@@ -180,10 +180,14 @@ def build_masks(
     rank: int | None = None,
     gradients: Mapping[str, torch.Tensor] | None = None,
     seed: int = 0,
+    slot: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One mask (sorted int64 flat indices) per weight. ``density`` defaults to 1 % when no rank is given."""
+    """One mask (sorted int64 flat indices) per weight. ``density`` defaults to 1 % when no rank is given.
+    ``slot`` (Struct only): the disjoint Struct slot (``struct_slot_mask``); None: the plain Struct."""
     if strategy not in MASK_STRATEGIES:
         raise ShiraError(f"unknown mask {strategy!r}; choose one of {', '.join(MASK_STRATEGIES)}")
+    if slot is not None and strategy != "struct":
+        raise ShiraError(f"mask slots are for the struct mask, not {strategy!r}")
     if density is None and rank is None:
         density = DEFAULT_DENSITY
     if strategy in ("grad", "snip"):
@@ -195,7 +199,7 @@ def build_masks(
     for name, weight in weights.items():
         size = mask_size(weight.shape, density=density, rank=rank)
         if strategy == "struct":
-            masks[name] = struct_mask(weight.shape, size)
+            masks[name] = struct_mask(weight.shape, size) if slot is None else struct_slot_mask(weight.shape, size, slot)
         elif strategy == "rand":
             masks[name] = rand_mask(weight.shape, size, torch.Generator().manual_seed(tensor_seed(seed, name)))
         elif strategy == "wm":

@@ -43,3 +43,21 @@ def save_heatmaps(names: list[str], panels: dict[str, np.ndarray], path: str, ti
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def retention_panels(result: dict) -> tuple[list[str], dict[str, np.ndarray]]:
+    """From ``eval_fusion``'s result: per method, a styles x styles matrix whose (row, column) entry
+    is the row style's retention in its mix with the column style."""
+    names = sorted({s for m in result["methods"].values() for pair in m["pairs"] for s in pair.split("+")})
+    index = {n: i for i, n in enumerate(names)}
+    panels = {}
+    for method, m in result["methods"].items():
+        if not m["pairs"]:
+            continue
+        matrix = np.full((len(names), len(names)), np.nan)
+        for pair, row in m["pairs"].items():
+            a, b = pair.split("+")
+            matrix[index[a], index[b]] = row["retention"][a]
+            matrix[index[b], index[a]] = row["retention"][b]
+        panels[f"{method} (mean {m['mean_retention']:.2f})"] = matrix
+    return names, panels
