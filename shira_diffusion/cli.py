@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .core.architecture import TARGET_PRESETS
@@ -27,6 +28,30 @@ def _guidance(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'recommended', got {text!r}") from None
 
 
+def _guidance_scale(text: str) -> float:
+    from .generate import MAX_GUIDANCE
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= MAX_GUIDANCE:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be a number in [0, {MAX_GUIDANCE:g}], got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    from .generate import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^64 - 1], got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -45,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bundled.specs import VARIANTS
 
     parser = _Parser(prog="shira", description="Sparse high-rank (SHiRA) style adapters for Stable Diffusion.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also SHIRA_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -129,11 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export-peft",
         help="write an adapter as a PEFT SHiRA checkpoint folder",
-        description="Write a Linear-only adapter sized r*(rows+cols) per layer as adapter_config.json + "
-        "adapter_model.safetensors, loadable with peft.PeftModel.from_pretrained(unet, DIR).",
+        description="Write an adapter's nn.Linear tensors (sized r*(rows+cols) per layer, as PEFT's SHiRA "
+        "requires) as adapter_config.json + adapter_model.safetensors, loadable with "
+        "peft.PeftModel.from_pretrained(unet, DIR). PEFT's SHiRA holds nn.Linear layers only: Conv2d "
+        "tensors are left out, and the command says how many.",
     )
     export.add_argument("adapter")
     export.add_argument("out_dir")
+    export.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in OUT_DIR")
 
     imp = commands.add_parser(
         "import-peft",
@@ -145,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--arch", choices=["sd15", "sdxl"], help="architecture of the UNet it was made for")
     imp.add_argument("--unet-config", help="a UNet config.json instead of --arch (e.g. a bundled base's unet/)")
     imp.add_argument("--name", help="adapter name (default: the folder name)")
+    imp.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     commands.add_parser("bases", help="list the bases available offline", description="List the bundled "
                         "toy bases (and whether they are built) and the SD/SDXL pipelines in the local "
                         "Hugging Face cache.")
@@ -168,11 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     what = gen.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="one prompt; --out is the image file")
     what.add_argument("--prompts-file", help="one prompt a line; --out is a folder of 000.png, 001.png, ...")
-    gen.add_argument("--out", required=True)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True, help="an image file (.png, .jpg, ...), or with --prompts-file a folder")
+    gen.add_argument("--overwrite", action="store_true", help="replace existing output images")
+    gen.add_argument("--seed", type=_seed, default=0, help="0 to 2^64 - 1 (image i of a batch: SEED+i)")
     gen.add_argument("--steps", type=_positive_int, default=20)
-    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: a single bundled "
-                     "style's recommended one, from its style.json; else 5)")
+    gen.add_argument("--guidance", type=_guidance_scale, help="classifier-free guidance scale, 0-100 (default: a "
+                     "single bundled style's recommended one, from its style.json; else 5)")
     gen.add_argument(
         "--style", action="append", default=[], metavar="FILE_OR_NAME[=WEIGHT]",
         help="fuse a style adapter (repeatable: a mix); its trigger word is added to the prompt. WEIGHT "
@@ -318,42 +349,48 @@ def _cmd_generate(args) -> None:
     import os
 
     from .bases import load_pipeline
-    from .generate import generate, parse_style
+    from .generate import check_outputs, check_seed, generate, parse_style, resolve_styles, save_images
 
-    if args.prompt is not None:
-        prompts = [args.prompt]
-    else:
-        try:
-            with open(args.prompts_file) as handle:
-                prompts = [line.strip() for line in handle if line.strip()]
-        except OSError as exc:
-            raise ShiraError(f"cannot read prompts file: {exc}") from None
+    # Everything that can be checked is checked before the pipeline loads: styles and weights,
+    # prompts, seeds, the output (writable, an image format, nothing replaced without --overwrite).
+    styles = [parse_style(s) for s in args.style]
+    prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts_file)
+    check_seed(args.seed, len(prompts))
+    single = args.prompt is not None
+    check_outputs(args.out, None if single else len(prompts), args.overwrite)
     from .bundled.recommend import DEFAULT_GUIDANCE, default_guidance, default_weight
 
-    styles = [parse_style(s) for s in args.style]
     base_name = os.path.basename(os.path.normpath(args.base))
     guidance = args.guidance if args.guidance is not None else default_guidance(styles, base_name)
-    if args.guidance is None and guidance != DEFAULT_GUIDANCE:
-        print(f"guidance {guidance:g}: recommended for {styles[0][0]} on {base_name} (style.json; --guidance sets it)",
-              file=sys.stderr)
     weight = default_weight(styles, base_name) if len(styles) == 1 and "=" not in args.style[0] else 1.0
     if weight != 1.0:
         styles = [(styles[0][0], weight)]
+    resolve_styles(styles, base_name, read=True)  # every adapter file read and validated now
+    if args.guidance is None and guidance != DEFAULT_GUIDANCE:
+        print(f"guidance {guidance:g}: recommended for {styles[0][0]} on {base_name} (style.json; --guidance sets it)",
+              file=sys.stderr)
+    if weight != 1.0:
         print(f"weight {styles[0][1]:g}: recommended for {styles[0][0]} on {base_name} (style.json; "
               f"{styles[0][0]}=WEIGHT sets it)", file=sys.stderr)
     pipe = load_pipeline(args.base, single_file_config=args.config)
     pipe.set_progress_bar_config(disable=True)
     images = generate(pipe, prompts, seed=args.seed, steps=args.steps, guidance_scale=guidance, styles=styles,
                       base_name=base_name)
-    if args.prompt is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        images[0].save(args.out)
-        print(f"wrote {args.out}")
-        return
-    os.makedirs(args.out, exist_ok=True)
-    for i, image in enumerate(images):
-        image.save(os.path.join(args.out, f"{i:03d}.png"))
-    print(f"wrote {len(images)} images to {args.out}")
+    save_images(images, args.out, single, args.overwrite)
+    print(f"wrote {args.out}" if single else f"wrote {len(images)} images to {args.out}")
+
+
+def _read_prompts(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            prompts = [line.strip() for line in handle if line.strip()]
+    except OSError as exc:
+        raise ShiraError(f"--prompts-file {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ShiraError(f"--prompts-file {path}: not UTF-8 text (byte {exc.start}); give one prompt a line") from None
+    if not prompts:
+        raise ShiraError(f"--prompts-file {path}: no prompts (one prompt a line)")
+    return prompts
 
 
 def _cmd_bench(args) -> None:
@@ -420,28 +457,45 @@ def _cmd_info(args) -> None:
 
 def _cmd_export(args) -> None:
     from .core.adapter import SparseAdapter
-    from .core.peft_shira import export_peft_shira
+    from .core.peft_shira import CONFIG_NAME, WEIGHTS_NAME, check_output_folder, export_peft_shira, peft_split
 
-    directory = export_peft_shira(SparseAdapter.load(args.adapter), args.out_dir)
-    print(f"wrote PEFT SHiRA checkpoint to {directory}")
+    check_output_folder(args.out_dir, [CONFIG_NAME, WEIGHTS_NAME], args.overwrite)
+    adapter = SparseAdapter.load(args.adapter)
+    linear, skipped = peft_split(adapter)
+    directory = export_peft_shira(adapter, args.out_dir, overwrite=args.overwrite)
+    print(f"wrote PEFT SHiRA checkpoint to {directory} ({len(linear)} nn.Linear tensors)")
+    if skipped:
+        entries = sum(int(adapter.indices[n].numel()) for n in skipped)
+        print(f"left out {len(skipped)} Conv2d tensors ({entries:,} of {adapter.num_params:,} entries): PEFT's "
+              "SHiRA holds nn.Linear layers only", file=sys.stderr)
 
 
 def _cmd_import(args) -> None:
+    from .core.adapter import check_output_file
     from .core.architecture import FULL_SIZE_CONFIGS
     from .core.peft_shira import import_peft_shira
 
     if (args.arch is None) == (args.unet_config is None):
         raise ShiraError("give exactly one of --arch or --unet-config")
+    if not args.out.endswith(".safetensors"):
+        raise ShiraError(f"{args.out}: an adapter file name ends in .safetensors")
+    check_output_file(args.out, args.overwrite)
     if args.unet_config:
         try:
-            with open(args.unet_config) as handle:
+            with open(args.unet_config, encoding="utf-8") as handle:
                 config = json.load(handle)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:
             raise ShiraError(f"cannot read UNet config {args.unet_config}: {exc}") from None
+        if not isinstance(config, dict):
+            raise ShiraError(f"UNet config {args.unet_config}: expected a JSON object, got {type(config).__name__}")
+        try:
+            unet = shape_only_unet(config)
+        except Exception as exc:  # diffusers raises many kinds for a config of another model
+            raise ShiraError(f"UNet config {args.unet_config}: not a UNet2DConditionModel config ({exc})") from None
     else:
-        config = FULL_SIZE_CONFIGS[args.arch]
-    adapter = import_peft_shira(args.peft_dir, shape_only_unet(config), name=args.name)
-    adapter.save(args.out)
+        unet = shape_only_unet(FULL_SIZE_CONFIGS[args.arch])
+    adapter = import_peft_shira(args.peft_dir, unet, name=args.name)
+    adapter.save(args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {adapter}")
 
 
@@ -492,17 +546,39 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the ``shira`` command; the exit status. A user's mistake (``ShiraError``, a file that
+    cannot be read or written) is one line ``shira: error: ...`` and status 1; a bad argument one
+    line and status 2; Ctrl-C one line and 130; anything else is a bug: one line ``shira: internal
+    error: ...`` and status 1, with the traceback under ``--debug`` or ``SHIRA_DEBUG=1``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SHIRA_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
     try:
+        args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
-    except ShiraError as exc:
-        print(f"shira: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print("shira: interrupted", file=sys.stderr)
+        _report(debug, "interrupted")
         return 130
+    except ShiraError as exc:
+        _report(debug, f"error: {exc}")
+        return 1
+    except OSError as exc:  # reading or writing a user's file: permission, missing folder, full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        _report(debug, f"error: {where}{exc.strerror or exc}")
+        return 1
+    except Exception as exc:
+        _report(debug, f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return 1
     return 0
+
+
+def _report(debug: bool, message: str) -> None:
+    """One line on stderr (after the traceback, with ``debug``)."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print("shira: " + " ".join(message.split()), file=sys.stderr)
 
 
 if __name__ == "__main__":

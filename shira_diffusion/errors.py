@@ -11,3 +11,7 @@ class AdapterFileError(ShiraError):
 
 class ArchitectureMismatchError(ShiraError):
     """An adapter was made for another base architecture than the UNet it is applied to."""
+
+
+class OutputExistsError(ShiraError):
+    """An output file exists and the caller did not ask to overwrite it (``--overwrite``)."""

@@ -7,6 +7,8 @@ image whether it is generated alone or in a batch at the same position.
 from __future__ import annotations
 
 import math
+import operator
+import os
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 
@@ -15,8 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .catalog import StyleCatalog, bank_key, default_catalog
+from .core.adapter import SparseAdapter, check_output_file, check_writable_folder, write_atomically
 from .core.bank import StyleBank
-from .errors import ShiraError
+from .errors import OutputExistsError, ShiraError
 
 DEFAULT_GUIDANCE = 5.0  # the pipelines' default; a style's recommended guidance may replace it
 MAX_STYLE_WEIGHT = 10.0  # beyond this a delta swamps the base's weights: black or noisy images
@@ -27,6 +30,28 @@ def check_weight(weight: float, style: str = "") -> float:
         raise ShiraError(f"style weight {weight:g}{f' for {style}' if style else ''} is outside "
                          f"[-{MAX_STYLE_WEIGHT:g}, {MAX_STYLE_WEIGHT:g}]")
     return weight
+
+
+MAX_GUIDANCE = 100.0  # far above any useful scale; beyond it images are noise
+MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds
+
+
+def check_guidance(guidance: float) -> float:
+    if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
+        raise ShiraError(f"guidance {guidance:g} is outside [0, {MAX_GUIDANCE:g}]")
+    return guidance
+
+
+def check_seed(seed: int, count: int = 1) -> int:
+    """A seed for ``count`` images (seeds ``seed`` .. ``seed + count - 1``), all valid 64-bit seeds."""
+    try:
+        seed = operator.index(seed)  # int, numpy integers; not floats or bools' lookalikes
+    except TypeError:
+        raise ShiraError(f"seed must be an integer, got {seed!r}") from None
+    if seed < 0 or seed + max(count, 1) - 1 > MAX_SEED:
+        top = f"{MAX_SEED} - {count - 1}" if count > 1 else f"{MAX_SEED} (2^64 - 1)"
+        raise ShiraError(f"seed {seed} is outside [0, {top}]")
+    return seed
 
 
 def parse_style(text: str) -> tuple[str, float]:
@@ -42,6 +67,72 @@ def parse_style(text: str) -> tuple[str, float]:
 def style_file(style: str, base_name: str, catalog: StyleCatalog | None = None) -> str:
     """An adapter file for ``style``: a path as given, or a catalogue style's adapter for the base."""
     return str((catalog or default_catalog()).resolve_adapter(style, base_name))
+
+
+def resolve_styles(styles: Sequence[tuple[str, float]], base_name: str, catalog: StyleCatalog | None = None,
+                   read: bool = False) -> list[tuple[str, float]]:
+    """[(adapter file, weight)] for ``styles`` ([(file or name, weight)]), refusing a bad weight and
+    a style given twice (two names for one file count as twice; two files that share a name are
+    two styles). With ``read``, each file is also read and validated now, before any other work."""
+    resolved, seen = [], {}
+    for style, weight in styles:
+        check_weight(weight, style)
+        path = style_file(style, base_name, catalog)
+        key = bank_key(path)
+        if key in seen:
+            again = "" if seen[key] == style else f" (as {seen[key]!r})"
+            raise ShiraError(f"style {style!r} is given twice{again}; give each style once with its weight")
+        seen[key] = style
+        if read:
+            SparseAdapter.load(path)
+        resolved.append((path, float(weight)))
+    return resolved
+
+
+def image_format(path: str) -> str:
+    """The PIL format that writes ``path``, from its extension; refuses one PIL cannot write."""
+    from PIL import Image
+
+    Image.init()
+    extension = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(extension)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ShiraError(f"--out {path}: {f'{extension!r} is not an' if extension else 'no'} image extension PIL can "
+                         "write; use .png (or .jpg, .webp, ...)")
+    return fmt
+
+
+def batch_names(count: int) -> list[str]:
+    return [f"{i:03d}.png" for i in range(count)]
+
+
+def check_outputs(out: str, count: int | None = None, overwrite: bool = False) -> None:
+    """Refuse, before anything is generated, an output that cannot be written or would replace a
+    file: ``out`` is one image file (``count`` None) or a folder of ``count`` images 000.png, ..."""
+    if count is None:
+        image_format(out)
+        check_output_file(out, overwrite, "--out")
+        return
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ShiraError(f"--out {out} is a file; with --prompts-file --out is a folder of images")
+    if not overwrite:
+        existing = [n for n in batch_names(count) if os.path.lexists(os.path.join(out, n))]
+        if existing:
+            raise OutputExistsError(f"--out {out} already holds {', '.join(existing[:3])}"
+                                    f"{' ...' if len(existing) > 3 else ''}; --overwrite replaces them")
+    check_writable_folder(out, f"--out {out}")
+
+
+def save_images(images, out: str, single: bool, overwrite: bool = False) -> list[str]:
+    """Write ``images`` (one file ``out``, or ``out``/000.png, ...), each atomically: a temporary
+    file beside it, then one rename; without ``overwrite`` an existing file is never replaced."""
+    if single:
+        targets, fmt = [out], image_format(out)
+    else:
+        targets, fmt = [os.path.join(out, n) for n in batch_names(len(images))], "PNG"
+    for image, target in zip(images, targets):
+        write_atomically(target, lambda temporary, image=image: image.save(temporary, format=fmt), overwrite)
+    return targets
 
 
 def with_triggers(prompt: str, triggers: Sequence[str]) -> str:
@@ -69,20 +160,18 @@ def generate(
         raise ShiraError("nothing to generate: no prompt given")
     if steps < 1:
         raise ShiraError(f"steps must be at least 1, got {steps}")
-    if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ShiraError(f"guidance must be a finite number >= 0, got {guidance_scale}")
+    check_guidance(guidance_scale)
+    check_seed(seed, len(prompts))
+    resolved = resolve_styles(styles, base_name, catalog)
     mix, triggers = {}, []
     owns_bank = bool(styles) and bank is None
     if styles:
         bank = bank or StyleBank(pipe.unet)
-        for style, weight in styles:
-            path = style_file(style, base_name, catalog)
+        for path, weight in resolved:
             name = bank_key(path)
-            if name in mix:
-                raise ShiraError(f"style {style!r} is given twice; give each style once with its weight")
             if name not in bank:
                 bank.load(path, name=name)
-            mix[name] = check_weight(weight, style)
+            mix[name] = weight
             triggers.append(bank.info(name)["trigger"])
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     images = []

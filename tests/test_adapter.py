@@ -102,7 +102,16 @@ def test_bad_tensors_are_rejected_with_the_tensor_named(saved, tmp_path, case):
         ("no format", lambda m: m.pop("format"), "not a shira-diffusion adapter"),
         ("other format", lambda m: m.__setitem__("format", "pt"), "not a shira-diffusion adapter"),
         ("no shapes", lambda m: m.pop("shapes"), "shapes"),
-        ("corrupt shapes", lambda m: m.__setitem__("shapes", "{oops"), "corrupt JSON"),
+        ("corrupt shapes", lambda m: m.__setitem__("shapes", "{oops"), "'shapes' is not valid JSON"),
+        ("shapes a list", lambda m: m.__setitem__("shapes", "[1, 2]"), "'shapes' must be a JSON object.*got a list"),
+        ("shapes a number", lambda m: m.__setitem__("shapes", "7"), "'shapes' must be a JSON object.*got a number"),
+        ("shape a string", lambda m: m.__setitem__("shapes", '{"a.weight": "64x64"}'), "'shapes': tensor 'a.weight'"),
+        ("shape of floats", lambda m: m.__setitem__("shapes", '{"a.weight": [1.5, 2]}'), "positive integers"),
+        ("shape negative", lambda m: m.__setitem__("shapes", '{"a.weight": [-1, 2]}'), "positive integers"),
+        ("recipe a string", lambda m: m.__setitem__("recipe", '"fast"'), "'recipe' must be a JSON object.*got a string"),
+        ("recipe a number", lambda m: m.__setitem__("recipe", "3"), "'recipe' must be a JSON object.*got a number"),
+        ("recipe a list", lambda m: m.__setitem__("recipe", "[]"), "'recipe' must be a JSON object.*got a list"),
+        ("corrupt recipe", lambda m: m.__setitem__("recipe", "{"), "'recipe' is not valid JSON"),
         ("edited shapes", lambda m: m.__setitem__("base_fingerprint", "0" * 16), "fingerprint"),
         ("unknown arch", lambda m: m.__setitem__("base_arch", "sd3"), "unknown base_arch"),
     ],
@@ -110,8 +119,29 @@ def test_bad_tensors_are_rejected_with_the_tensor_named(saved, tmp_path, case):
 def test_bad_headers_are_rejected(saved, tmp_path, case, edit, message):
     path, _, _ = saved
     bad = _rewrite(path, tmp_path / "bad.safetensors", edit_meta=edit)
-    with pytest.raises(AdapterFileError, match=message):
+    with pytest.raises(AdapterFileError, match=message) as info:
         SparseAdapter.load(bad)
+    assert str(info.value).startswith(str(bad))  # the file is named
+
+
+def test_save_is_atomic_and_refuses_to_overwrite_when_asked(saved, tmp_path, monkeypatch):
+    from shira_diffusion.core import adapter as adapter_module
+    from shira_diffusion.errors import OutputExistsError
+
+    path, _, adapter = saved
+    before = path.read_bytes()
+    with pytest.raises(OutputExistsError, match="already exists"):
+        adapter.save(path, overwrite=False)
+
+    def fail(tensors, filename, metadata):
+        open(filename, "wb").write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(adapter_module, "save_file", fail)
+    with pytest.raises(OSError, match="No space"):
+        adapter.save(path)
+    assert path.read_bytes() == before  # the old file is whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.safetensors"]  # no temporary left behind
 
 
 def test_shape_recorded_differently_from_the_tensors_is_rejected(saved, tmp_path):

@@ -227,3 +227,48 @@ def test_moving_the_unet_after_adding_is_reported():
 def test_bank_needs_a_diffusers_unet():
     with pytest.raises(ShiraError, match="UNet2DConditionModel"):
         StyleBank(torch.nn.Linear(2, 2))
+
+
+def test_a_mix_that_overflows_is_refused_and_the_previous_mix_stays():
+    unet = make_unet(TINY_SD, dtype=torch.float16)
+    pristine = _snapshot(unet)
+    bank, _ = _bank_with_styles(unet, torch.float16)
+    bank.apply({"ink": 1.0})
+    fused = _snapshot(unet)
+    with pytest.raises(ShiraError, match="ink=1e\\+06.*non-finite.*float16"):
+        bank.apply({"ink": 1e6})  # one group: refused before anything is written
+    assert bank.active == {"ink": 1.0}
+    _assert_bit_identical(unet, fused)
+    with pytest.raises(ShiraError, match="non-finite"):
+        bank.apply({"ink": 1.0, "grain": 1e6})  # several groups: written group by group
+    assert bank.active == {}  # what the weights are: the base's
+    _assert_bit_identical(unet, pristine)
+    assert all(torch.isfinite(v).all() for v in unet.state_dict().values())
+
+
+@pytest.mark.parametrize("error", [RuntimeError("disk on fire"), KeyboardInterrupt()])
+def test_active_describes_the_weights_after_a_failed_apply(monkeypatch, error):
+    from shira_diffusion.core import bank as bank_module
+
+    unet = make_unet(TINY_SD)
+    pristine = _snapshot(unet)
+    bank, _ = _bank_with_styles(unet, torch.float32)
+    bank.apply({"ink": 1.0, "grain": 0.5})
+    real_write, calls = bank_module._MaskGroup.write, []
+
+    def write_then_fail(group, weights, flat):
+        calls.append(group)
+        real_write(group, weights, flat)
+        if len(calls) == 3:  # midway through a mix across groups: some groups written, some not
+            raise error
+
+    monkeypatch.setattr(bank_module._MaskGroup, "write", write_then_fail)
+    with pytest.raises(type(error)):
+        bank.apply({"pastel": 1.0, "bold": 1.0})
+    monkeypatch.setattr(bank_module._MaskGroup, "write", real_write)
+    assert bank.active == {}
+    _assert_bit_identical(unet, pristine)
+    bank.apply({"bold": 1.0})  # and the bank works on
+    assert bank.active == {"bold": 1.0}
+    bank.restore()
+    _assert_bit_identical(unet, pristine)

@@ -121,10 +121,10 @@ def test_generate_uses_a_single_bundled_styles_recommended_guidance_and_weight(t
           "--out", out])
     assert used[-1]["guidance_scale"] == 2.0 and used[-1]["styles"] == [("pastel", 1.25)]
     assert "weight 1.25: recommended for pastel" in capsys.readouterr().err
-    main(["generate", "--base", "toy-sd", "--prompt", "a red circle", "--style", "pastel=1", "--out", out])
+    main(["generate", "--base", "toy-sd", "--prompt", "a red circle", "--style", "pastel=1", "--out", out, "--overwrite"])
     assert used[-1]["styles"] == [("pastel", 1.0)]  # a weight given is the weight used
     main(["generate", "--base", "toy-sd", "--prompt", "a red circle", "--style", "pastel", "--guidance", "7",
-          "--out", out])
+          "--out", out, "--overwrite"])
     assert used[-1]["guidance_scale"] == 7.0
-    main(["generate", "--base", "toy-sd", "--prompt", "a red circle", "--out", out])  # no style: the default
+    main(["generate", "--base", "toy-sd", "--prompt", "a red circle", "--out", out, "--overwrite"])  # no style: the default
     assert used[-1]["guidance_scale"] == 5.0

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .architecture import FAMILIES, shape_fingerprint
-from ..errors import AdapterFileError, ArchitectureMismatchError
+from ..errors import AdapterFileError, ArchitectureMismatchError, OutputExistsError, ShiraError
 
 FORMAT_NAME = "shira-diffusion/sparse-adapter"
 FORMAT_VERSION = 1
@@ -169,13 +170,16 @@ class SparseAdapter:
             "recipe": json.dumps(self.recipe, sort_keys=True),
         }
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:
+        """Write the adapter file atomically (a temporary file beside it, then one rename): an
+        error or a crash leaves any earlier file as it was. ``overwrite=False`` refuses an
+        existing ``path`` with ``OutputExistsError``."""
         tensors = {}
         for name in self.shapes:
             tensors[name + INDICES_SUFFIX] = self.indices[name].to(torch.int32).contiguous()
             tensors[name + VALUES_SUFFIX] = self.values[name].contiguous()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        save_file(tensors, str(path), metadata=self.metadata())
+        metadata = self.metadata()
+        write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata), overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, validate: bool = True) -> "SparseAdapter":
@@ -186,7 +190,11 @@ class SparseAdapter:
         """
         path = str(path)
         if not os.path.isfile(path):
-            raise AdapterFileError(f"{path}: no such file")
+            raise AdapterFileError(f"{path}: " + ("a folder, not an adapter file" if os.path.isdir(path) else "no such file"))
+        try:
+            open(path, "rb").close()
+        except OSError as exc:
+            raise AdapterFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
         try:
             with safe_open(path, framework="pt") as handle:
                 meta = handle.metadata() or {}
@@ -198,11 +206,11 @@ class SparseAdapter:
             raise
         except Exception as exc:  # safetensors raises its own error types, and OSError for short files
             raise AdapterFileError(f"{path}: not a valid safetensors file ({exc})") from None
-        try:
-            shapes = json.loads(meta["shapes"])
-            recipe = json.loads(meta.get("recipe") or "{}")
-        except json.JSONDecodeError as exc:
-            raise AdapterFileError(f"{path}: corrupt JSON in header metadata ({exc})") from None
+        shapes = _header_json(path, meta, "shapes", "{}")
+        recipe = _header_json(path, meta, "recipe", "{}")
+        if not isinstance(recipe, dict):
+            raise AdapterFileError(f"{path}: header field 'recipe' must be a JSON object, got {_json_type(recipe)}")
+        _check_shapes_field(path, shapes)
         indices = {k[: -len(INDICES_SUFFIX)]: v for k, v in tensors.items() if k.endswith(INDICES_SUFFIX)}
         values = {k[: -len(VALUES_SUFFIX)]: v for k, v in tensors.items() if k.endswith(VALUES_SUFFIX)}
         adapter = cls.__new__(cls)
@@ -227,7 +235,7 @@ class SparseAdapter:
         return (
             f"SparseAdapter(name={self.name!r}, base_arch={self.base_arch!r}, mask={self.mask!r}, "
             f"tensors={len(self.shapes)}, params={self.num_params}, density={self.density:.4%}, "
-            f"dtype={self.dtype}, trigger={self.trigger!r})"
+            f"dtype={self.dtype if self.values else None}, trigger={self.trigger!r})"
         )
 
 
@@ -243,6 +251,99 @@ def _check_header(path: str, meta: Mapping[str, str]) -> None:
         )
     if "shapes" not in meta:
         raise AdapterFileError(f"{path}: header lacks the 'shapes' entry")
+
+
+def _header_json(path: str, meta: Mapping[str, str], field: str, default: str):
+    try:
+        return json.loads(meta.get(field) or default)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise AdapterFileError(f"{path}: header field {field!r} is not valid JSON ({exc})") from None
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_shapes_field(path: str, shapes) -> None:
+    """``shapes`` must be {tensor name: [positive int, ...]}: anything else names the file and field."""
+    if not isinstance(shapes, dict):
+        raise AdapterFileError(f"{path}: header field 'shapes' must be a JSON object of tensor name to shape, "
+                               f"got {_json_type(shapes)}")
+    for name, shape in shapes.items():
+        if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
+            raise AdapterFileError(f"{path}: header field 'shapes': tensor {name!r} has shape {json.dumps(shape)[:80]}, "
+                                   "expected a list of positive integers")
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = True) -> None:
+    """``write(temporary)`` writes a new file beside ``path``, which then replaces ``path`` in one
+    rename: an error or a crash midway leaves the old file whole. Without ``overwrite`` an existing
+    ``path`` (also one that appeared while writing) is refused and left alone."""
+    shown = os.fspath(path)
+    path = os.path.abspath(shown)
+    if not overwrite and os.path.lexists(path):
+        raise OutputExistsError(f"{shown} already exists; --overwrite replaces it")
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    temporary = _create_temporary(folder, os.path.basename(path))
+    try:
+        write(temporary)
+        if overwrite:
+            os.replace(temporary, path)
+            return
+        try:
+            os.link(temporary, path)  # fails if ``path`` appeared meanwhile: never replaces it
+        except FileExistsError:
+            raise OutputExistsError(f"{shown} already exists; --overwrite replaces it") from None
+        except OSError:  # a file system without hard links
+            if os.path.lexists(path):
+                raise OutputExistsError(f"{shown} already exists; --overwrite replaces it") from None
+            os.replace(temporary, path)
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+
+
+def _create_temporary(folder: str, name: str) -> str:
+    """A new empty file in ``folder`` (mode 0666 less the umask, like any file the user creates)."""
+    for _ in range(100):
+        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return temporary
+        except FileExistsError:
+            continue
+    raise OSError(f"cannot create a temporary file in {folder}")
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool = False, what: str = "") -> None:
+    """Refuse an output file before any work is done: one that exists (without ``overwrite``),
+    a folder in its place, or a place where nothing can be written. ``what`` names it (a flag)."""
+    shown = os.fspath(path)
+    label = f"{what} {shown}" if what else shown
+    if os.path.isdir(shown):
+        raise ShiraError(f"{label} is a folder; give a file name")
+    if os.path.lexists(shown) and not overwrite:
+        raise OutputExistsError(f"{label} already exists; --overwrite replaces it")
+    check_writable_folder(os.path.dirname(os.path.abspath(shown)), label)
+
+
+def check_writable_folder(folder: str | os.PathLike, label: str = "") -> None:
+    """Refuse a folder that cannot be made or written in, by trying: a probe file in the nearest
+    folder that exists (permission bits say nothing for root or read-only file systems)."""
+    folder = os.path.abspath(os.fspath(folder))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    label = label or folder
+    if not os.path.isdir(existing):
+        raise ShiraError(f"{label}: {existing} is a file, not a folder")
+    try:
+        os.unlink(_create_temporary(existing, "shira-write-check"))
+    except OSError as exc:
+        raise ShiraError(f"{label}: cannot write in {existing} ({exc.strerror or exc})") from None
 
 
 def _check_keys(path: str, keys: list[str]) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapter import SparseAdapter, all_finite
+from .adapter import SparseAdapter
 from .architecture import unet_family
 from ..errors import ShiraError
 from .scatter_plan import ScatterPlan
@@ -54,6 +54,8 @@ class _MaskGroup:
             raise ShiraError(f"adapted tensors must share one dtype, found {sorted(map(str, dtypes))}")
         self.dtype = dtypes.pop()
         self.original = self.read(weights)  # caller guarantees the weights are pristine here
+        low, high = (float(v) for v in torch.aminmax(self.original)) if self.size else (0.0, 0.0)
+        self.abs_max = max(-low, high)  # nan if the base holds a non-finite weight: exact checks then
         self._original_pieces = self._split(self.original)
         self._scratch: torch.Tensor | None = None  # fused values of the current fp32 mix
         self._scratch_pieces: tuple | None = None
@@ -154,6 +156,7 @@ class _Entry:
     adapter: SparseAdapter  # header only: the values live in ``values``, the indices in the group
     group: _MaskGroup
     values: torch.Tensor  # flat, in the group's plan order, on the weights' device
+    abs_max: float = math.inf  # largest |value|: bounds what a weight can add (overflow check)
 
 
 class StyleBank:
@@ -258,9 +261,11 @@ class StyleBank:
                 adapter.validate(source or name, check_values=False)
                 group = self._new_group(adapter.indices)
                 values = group.gather(adapter, device, compare=False)
-            if not all_finite(values):
+            low, high = (float(v) for v in torch.aminmax(values))  # one pass: finite, and the bound
+            if not (math.isfinite(low) and math.isfinite(high)):
                 adapter.validate(source or name)  # raises, naming the tensor and position
-            self._entries[name] = _Entry(adapter.header_only(name), group, values)
+            abs_max = max(-low, high)
+            self._entries[name] = _Entry(adapter.header_only(name), group, values, abs_max)
         return name
 
     def remove(self, name: str) -> None:
@@ -293,7 +298,11 @@ class StyleBank:
 
     # ------------------------------------------------------------------ mixing
     def apply(self, mix: Mapping[str, float] | None = None) -> None:
-        """Fuse ``mix`` ({name: weight}) into the weights, replacing whatever mix was fused before."""
+        """Fuse ``mix`` ({name: weight}) into the weights, replacing whatever mix was fused before.
+
+        ``active`` always describes the weights. A mix that would overflow the weights' dtype is
+        refused before anything is written (the previous mix stays); if a write fails midway (an
+        error, Ctrl-C), every group is put back to the base weights and ``active`` is empty."""
         mix = self._check_mix(mix or {})
         with self._lock, torch.no_grad():
             new_groups: dict[_MaskGroup, list[tuple[_Entry, float]]] = {}
@@ -301,22 +310,61 @@ class StyleBank:
                 entry = self._entries[name]
                 new_groups.setdefault(entry.group, []).append((entry, weight))
             old_groups = {self._entries[n].group for n in self._active}
+            may_overflow = self._may_overflow(new_groups)
             if len(new_groups) <= 1:
-                # Lift the groups that leave, then write the new group whole: it overwrites any
-                # overlap. A warm switch inside one group is just that one fused write.
-                for group in old_groups - set(new_groups):
-                    group.write(self._params, group.original)
-                for group, members in new_groups.items():
-                    group.write(self._params, group.compose(group.original, members))
-            else:
-                # Masks may overlap. Lifting the old groups leaves every entry pristine; the first
-                # group is then written whole, the others added on top of what is there.
-                for group in old_groups:
-                    group.write(self._params, group.original)
-                for i, (group, members) in enumerate(new_groups.items()):
-                    base = group.original if i == 0 else group.read(self._params)
-                    group.write(self._params, group.compose(base, members))
+                fused = [(group, group.compose(group.original, members)) for group, members in new_groups.items()]
+                if may_overflow:
+                    self._check_finite(fused[0][1], mix)  # before any write: the old mix stays
+            try:
+                if len(new_groups) <= 1:
+                    # Lift the groups that leave, then write the new group whole: it overwrites any
+                    # overlap. A warm switch inside one group is just that one fused write.
+                    for group in old_groups - set(new_groups):
+                        group.write(self._params, group.original)
+                    for group, values in fused:
+                        group.write(self._params, values)
+                else:
+                    # Masks may overlap. Lifting the old groups leaves every entry pristine; the first
+                    # group is then written whole, the others added on top of what is there.
+                    for group in old_groups:
+                        group.write(self._params, group.original)
+                    self._active = {}
+                    for i, (group, members) in enumerate(new_groups.items()):
+                        base = group.original if i == 0 else group.read(self._params)
+                        values = group.compose(base, members)
+                        if may_overflow:
+                            self._check_finite(values, mix)
+                        group.write(self._params, values)
+            except BaseException:
+                try:
+                    self._lift_all()
+                except Exception:  # the weights moved: nothing could be written, nor was it
+                    pass
+                raise
             self._active = mix
+
+    def _lift_all(self) -> None:
+        """After a failed write: every group back to the base values, and ``active`` says so."""
+        for group in self._groups:
+            group.write(self._params, group.original)
+        self._active = {}
+
+    def _may_overflow(self, groups: Mapping[_MaskGroup, list[tuple[_Entry, float]]]) -> bool:
+        """Whether the mix could leave the weights' finite range: a bound from each adapter's
+        largest value, so the exact check (a pass over the fused values) runs only when needed."""
+        if not groups:
+            return False
+        bound = max(group.abs_max for group in groups)
+        bound += sum(abs(w) * entry.abs_max for members in groups.values() for entry, w in members)
+        limit = min(torch.finfo(group.dtype).max for group in groups)
+        return not bound < 0.5 * limit
+
+    @staticmethod
+    def _check_finite(values: torch.Tensor, mix: Mapping[str, float]) -> None:
+        if not bool(torch.isfinite(values).all()):
+            weights = ", ".join(f"{name}={weight:g}" for name, weight in mix.items())
+            raise ShiraError(f"the mix {weights} makes weights non-finite (overflow in "
+                             f"{str(values.dtype).removeprefix('torch.')}); use smaller weights")
 
     def restore(self) -> None:
         """Put the base weights back, bit-identical to what they were before any apply."""
@@ -343,6 +391,8 @@ class StyleBank:
                 raise ShiraError(f"weight of {name!r} must be a number, got {weight!r}") from None
             if not math.isfinite(weight):
                 raise ShiraError(f"weight of {name!r} must be finite, got {weight}")
+            if abs(weight) > torch.finfo(torch.float32).max:
+                raise ShiraError(f"weight of {name!r} is {weight:g}, beyond what float32 weights hold")
             if weight != 0.0:
                 checked[name] = weight
         return checked
