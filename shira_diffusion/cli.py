@@ -122,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen_bench.add_argument("--out", help="folder for a grid of the first 64 images of each base")
     gen_bench.add_argument("--json", action="store_true", help="end the output with the JSON object")
 
+    app_bench = bench_kinds.add_parser(
+        "app",
+        help="the Gradio app: start, one image through the API, switch, concurrent clients",
+        description="Start `python app.py` (toy-sd), time until it serves, one 64x64 image with a two-style "
+        "mix through the API, the switch part of a request, and concurrent clients with different mixes "
+        "(each image checked against one client's). The last line of output is one JSON object with --json.",
+    )
+    app_bench.add_argument("--steps", type=_positive_int, default=20)
+    app_bench.add_argument("--clients", type=_positive_int, default=8)
+    app_bench.add_argument("--threads", type=_positive_int, help="torch threads in the app (OMP_NUM_THREADS; "
+                           "default: one per core)")
+    app_bench.add_argument("--json", action="store_true", help="end the output with the JSON object")
+
     ev = commands.add_parser("eval", help="measure style adapters on generated images")
     ev_kinds = ev.add_subparsers(dest="eval", metavar="EVAL", parser_class=_Parser)
     ev_kinds.required = True
@@ -394,6 +407,15 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def _cmd_bench(args) -> None:
+    if args.bench == "app":
+        from .bench.app import bench_app, format_app_table
+
+        result = bench_app(steps=args.steps, clients=args.clients, threads=args.threads,
+                           log=lambda text: print(text, file=sys.stderr, flush=True))
+        print(format_app_table(result))
+        if args.json:
+            print(json.dumps(result))
+        return
     if args.bench == "train":
         from .bench.train import bench_train, format_train_table
 
