@@ -272,3 +272,43 @@ def test_active_describes_the_weights_after_a_failed_apply(monkeypatch, error):
     assert bank.active == {"bold": 1.0}
     bank.restore()
     _assert_bit_identical(unet, pristine)
+
+
+def test_styles_on_disjoint_slots_mix_exactly_and_leave_each_other_untouched():
+    """Slot masks share no entry: a mix is each group written from its own pristine values, in any
+    order; adding then removing a style gives the other alone, bit for bit; weights may be negative
+    or above 1."""
+    unet = make_unet()
+    pristine = {k: v.clone() for k, v in unet.state_dict().items()}
+    adapters = {f"s{k}": make_adapter(unet, name=f"s{k}", seed=k, slot=k) for k in range(4)}
+    bank = StyleBank(unet)
+    for adapter in adapters.values():
+        bank.add(adapter)
+    assert bank._disjoint([bank._entries[n].group for n in adapters])
+    bank.apply({"s0": 1.0})
+    alone = {k: v.clone() for k, v in unet.state_dict().items()}
+    for mix in ({"s0": 1.0, "s1": 0.7}, {"s0": 1.0, "s1": -0.5, "s2": 1.8, "s3": 0.3}, {"s1": 2.5, "s3": -1.0}):
+        bank.apply(mix)
+        expected = dense_reference(pristine, mix, adapters)
+        for name, weight in expected.items():
+            torch.testing.assert_close(unet.state_dict()[name], weight, rtol=0, atol=1e-6)
+    bank.apply({"s0": 1.0, "s2": 1.0})
+    bank.apply({"s0": 1.0})  # s2 removed: s0 alone, bit for bit
+    assert all(torch.equal(unet.state_dict()[k], alone[k]) for k in alone)
+    bank.restore()
+    assert all(torch.equal(unet.state_dict()[k], pristine[k]) for k in pristine)
+
+
+def test_a_group_that_stays_is_rewritten_when_an_overlapping_group_leaves():
+    unet = make_unet()
+    pristine = {k: v.clone() for k, v in unet.state_dict().items()}
+    shared, other = make_adapter(unet, name="a", seed=1), make_adapter(unet, name="b", seed=2, mask="rand")
+    slot = make_adapter(unet, name="c", seed=3, slot=0)
+    bank = StyleBank(unet)
+    for adapter in (shared, other, slot):
+        bank.add(adapter)
+    bank.apply({"a": 1.0, "b": 1.0})  # overlapping groups: the additive path
+    bank.apply({"a": 1.0})  # b leaves; a stays but shares entries with b: written again
+    expected = dense_reference(pristine, {"a": 1.0}, {"a": shared})
+    for name, weight in expected.items():
+        torch.testing.assert_close(unet.state_dict()[name], weight, rtol=0, atol=1e-6)

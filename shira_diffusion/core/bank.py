@@ -128,6 +128,11 @@ class _MaskGroup:
             self._pointers = pointers
         return data
 
+    def overlaps(self, other: "_MaskGroup") -> bool:
+        """Whether this group and ``other`` share any entry of any tensor."""
+        return any(bool(torch.isin(self.indices[name], other.indices[name]).any())
+                   for name in set(self.names) & set(other.names))
+
     def compose(self, base: torch.Tensor, members: list[tuple["_Entry", float]]) -> torch.Tensor:
         """``base + sum(w * values)`` in the weights' dtype, accumulated in fp32 unless all is fp32."""
         if self.dtype == torch.float32 and all(e.values.dtype == torch.float32 for e, _ in members):
@@ -143,6 +148,11 @@ class _MaskGroup:
         for entry, weight in members:
             acc.add_(entry.values.float(), alpha=weight)
         return acc.to(self.dtype)
+
+
+def _signature(members: list[tuple["_Entry", float]]) -> tuple:
+    """What a group's fused values depend on: its members (by identity) and their weights."""
+    return tuple(sorted((id(entry), weight) for entry, weight in members))
 
 
 def _copy_all(destinations: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
@@ -176,6 +186,7 @@ class StyleBank:
         self._entries: dict[str, _Entry] = {}
         self._groups: list[_MaskGroup] = []
         self._active: dict[str, float] = {}
+        self._overlaps: dict[frozenset, bool] = {}  # pairs of groups (by id): do they share entries?
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ adapters
@@ -276,6 +287,7 @@ class StyleBank:
             del self._entries[name]
             if all(e.group is not entry.group for e in self._entries.values()):
                 self._groups.remove(entry.group)
+                self._overlaps = {k: v for k, v in self._overlaps.items() if id(entry.group) not in k}
 
     def _entry(self, name: str) -> _Entry:
         if name not in self._entries:
@@ -311,15 +323,21 @@ class StyleBank:
                 new_groups.setdefault(entry.group, []).append((entry, weight))
             old_groups = {self._entries[n].group for n in self._active}
             may_overflow = self._may_overflow(new_groups)
-            if len(new_groups) <= 1:
-                fused = [(group, group.compose(group.original, members)) for group, members in new_groups.items()]
+            if len(new_groups) <= 1 or self._disjoint(list(new_groups)):
+                # Groups on disjoint entries (one mask, or Struct slots) are each written whole from
+                # their own pristine values: one fused write per group, in any order. A group whose
+                # members and weights stay is not written again, unless a leaving group shares entries.
+                leaving = old_groups - set(new_groups)
+                previous = self._members_by_group(self._active)
+                fused = [(group, group.compose(group.original, members)) for group, members in new_groups.items()
+                         if previous.get(group) != _signature(members)
+                         or any(not self._disjoint([group, gone]) for gone in leaving)]
                 if may_overflow:
-                    self._check_finite(fused[0][1], mix)  # before any write: the old mix stays
+                    for _, values in fused:
+                        self._check_finite(values, mix)  # before any write: the old mix stays
             try:
-                if len(new_groups) <= 1:
-                    # Lift the groups that leave, then write the new group whole: it overwrites any
-                    # overlap. A warm switch inside one group is just that one fused write.
-                    for group in old_groups - set(new_groups):
+                if len(new_groups) <= 1 or self._disjoint(list(new_groups)):
+                    for group in leaving:
                         group.write(self._params, group.original)
                     for group, values in fused:
                         group.write(self._params, values)
@@ -342,6 +360,23 @@ class StyleBank:
                     pass
                 raise
             self._active = mix
+
+    def _members_by_group(self, mix: Mapping[str, float]) -> dict[_MaskGroup, tuple]:
+        groups: dict[_MaskGroup, list[tuple[_Entry, float]]] = {}
+        for name, weight in mix.items():
+            groups.setdefault(self._entries[name].group, []).append((self._entries[name], weight))
+        return {group: _signature(members) for group, members in groups.items()}
+
+    def _disjoint(self, groups: list[_MaskGroup]) -> bool:
+        """Whether no two of ``groups`` share an entry (computed once per pair, then kept)."""
+        for i, first in enumerate(groups):
+            for second in groups[i + 1 :]:
+                key = frozenset((id(first), id(second)))
+                if key not in self._overlaps:
+                    self._overlaps[key] = first.overlaps(second)
+                if self._overlaps[key]:
+                    return False
+        return True
 
     def _lift_all(self) -> None:
         """After a failed write: every group back to the base values, and ``active`` says so."""
