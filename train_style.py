@@ -29,7 +29,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted before training started (nothing saved)", file=sys.stderr)
+        # Before the first step, or a second Ctrl-C: nothing saved since the last periodic checkpoint.
+        print(f"{PROG}: interrupted (nothing saved since the last checkpoint, if any)", file=sys.stderr)
         return 130
     finally:
         logging.getLogger("shira_diffusion").removeHandler(handler)

@@ -179,3 +179,22 @@ def test_a_seed_past_2_64_is_one_line_from_the_command_line(data, tmp_path):
     assert run.returncode == 1
     assert run.stderr.strip().splitlines() == [f"train_style.py: error: --seed must be an integer in [0, 2**63), "
                                                f"got {2**64 + 1}"]
+
+
+def test_shira_train_interrupted_says_how_to_resume_and_exits_130(monkeypatch, data, tmp_path, capsys):
+    import shira_diffusion.training as training
+    from shira_diffusion.cli import main
+    from shira_diffusion.training import TrainingInterrupted
+
+    checkpoint = str(tmp_path / "o.checkpoints" / "step-000003.pt")
+
+    def interrupted(config, **kwargs):
+        raise TrainingInterrupted({"steps": 3, "total_steps": 10, "checkpoint": checkpoint})
+
+    monkeypatch.setattr(training, "train", interrupted)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--train_data_dir", data, "--output", str(tmp_path / "o.safetensors")])
+    assert info.value.code == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"shira: interrupted at step 3 of 10; checkpoint {checkpoint}: run the same command with "
+                     "--resume_from_checkpoint latest to finish"]
