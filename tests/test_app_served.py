@@ -152,6 +152,12 @@ def test_good_and_bad_uploads(client, tmp_path):
     paths, _ = generate(client, [("myframe", 1.0)])
     assert np.array_equal(pixels(paths[0]), reference([("frame", 1.0)]))  # the same adapter file
 
+    downloaded = client.predict("myframe", api_name="/download_style")
+    assert [Path(f).read_bytes() for f in downloaded] == [good.read_bytes()]
+    assert "Deleted **myframe**" in client.predict("myframe", "toy-sd", ["myframe"], api_name="/delete_style")[0]
+    with pytest.raises(Exception, match="no style 'myframe'"):
+        generate(client, [("myframe", 1.0)])
+
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not an adapter at all")
     text = client.predict(handle_file(str(junk)), "toy-sd", api_name="/inspect")[0]
@@ -185,3 +191,20 @@ def test_a_short_training_run_adds_a_style_that_generates(client, served):
     # a run that cannot start says why, and the app keeps serving
     with pytest.raises(Exception, match="no training images|already have"):
         client.predict([], "", "quickink", "", "toy-sd", "struct", 2, api_name="/train")
+
+
+def test_a_training_run_can_be_stopped(client, served):
+    import time
+
+    images = sorted((ROOT / "styles" / "night" / "images").glob("000[0-3].*"))
+    job = client.submit([handle_file(str(p)) for p in images], "", "stopped-ink", "", "toy-sd", "struct", 500,
+                        api_name="/train")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        running = served.shira_service.training.running()
+        if running is not None and running.name == "stopped-ink" and running.step >= 1:
+            break
+        time.sleep(0.2)
+    assert "Stopping **stopped-ink**" in client.predict("", api_name="/cancel_training")
+    assert "stopped at step" in job.result()[1]
+    assert "stopped-ink" not in served.shira_service.catalog()

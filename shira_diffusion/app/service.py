@@ -158,6 +158,17 @@ class AppService:
             mix[key] = check_weight(float(weight), style)
         return mix
 
+    def remove_style(self, name: str) -> None:
+        """Delete one of the user's styles, and drop its adapters from every loaded bank."""
+        record = self.catalog().get(name)
+        keys = {bank_key(record.folder / entry.file) for entry in record.files.values()}
+        self.catalog().remove(name)
+        for loaded in list(self._bases.values()):
+            with loaded.bank.lock:
+                for key in keys & set(loaded.bank.names):
+                    loaded.bank.remove(key)
+                    loaded.files.pop(key, None)
+
     # ------------------------------------------------------------------ generating
     def generate(self, base: str | None, styles, prompt: str, seed: int = 0, steps: int = 20,
                  guidance: float = DEFAULT_GUIDANCE, count: int = 1) -> Generated:

@@ -19,7 +19,7 @@ THUMBNAIL_PROMPT = "a red circle on a blue background"
 
 
 def placeholder_thumbnail() -> str:
-    path = app_home() / "no-thumbnail.png"
+    path = app_home() / "static" / "no-thumbnail.png"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (64, 64), (128, 128, 128)).save(path)

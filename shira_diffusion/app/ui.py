@@ -49,8 +49,8 @@ def _user_errors(function):
 
 def launch_options() -> dict:
     """What ``demo.launch`` needs: the upload size limit and the folders the page may show files from."""
-    return {"max_file_size": MAX_UPLOAD_BYTES, "allowed_paths": [str(BUNDLED_ROOT), str(user_root()), str(app_home())],
-            "css": CSS}
+    shown = [BUNDLED_ROOT, user_root(), app_home() / "outputs", app_home() / "static"]  # not uploads or jobs
+    return {"max_file_size": MAX_UPLOAD_BYTES, "allowed_paths": [str(p) for p in shown], "css": CSS}
 
 
 def build_demo(service: AppService | None = None) -> gr.Blocks:
@@ -277,7 +277,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         def on_delete(name, base_value, current):
             if not name:
                 raise ShiraError("choose one of your styles")
-            service.catalog().remove(name)
+            service.remove_style(name)
             return (f"Deleted **{name}**.", *refresh(base_value, [n for n in (current or []) if n != name]))
 
         delete.click(on_delete, [mine, base, chosen], [mine_status, gallery, chosen, mine], api_name="delete_style")
