@@ -197,7 +197,8 @@ class StyleTrainer:
             pipe = self.given_pipeline
             self._remember_pipeline(pipe)
         else:
-            logger.info("loading base %s", config.base)
+            if accelerator.is_main_process:
+                logger.info("loading base %s", config.base)
             pipe = load_pipeline(config.base, single_file_config=config.single_file_config)
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)
