@@ -63,6 +63,16 @@ def variant_suffix(variant: str) -> str:
     return f".{mask}.safetensors"
 
 
+def base_label(base: str | os.PathLike) -> str:
+    """How the catalogue names a base in file names and ``style.json`` keys: a bundled name as is,
+    a local folder or file by its name (``/models/toy-sd`` -> ``toy-sd``), a Hub id with ``--``
+    for ``/`` (as the Hub cache does)."""
+    text = str(base).rstrip("/\\")
+    if os.path.exists(text):
+        return os.path.basename(os.path.normpath(text))
+    return text.replace("/", "--")
+
+
 def check_style_name(name: str) -> str:
     """A style name usable as a folder and file name on every OS, or a clear error."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -143,6 +153,7 @@ class StyleRecord:
     def adapter_path(self, base: str, variant: str = DEFAULT_VARIANT) -> Path:
         """Where this style's adapter for ``base`` is (or would be): the entry's file, else the
         naming convention."""
+        base = base_label(base)
         entry = self.files.get(f"{base}/{variant}")
         name = entry.file if entry else f"{self.name}.{base}{variant_suffix(variant)}"
         return self.folder / name
@@ -151,12 +162,12 @@ class StyleRecord:
         return self.adapter_path(base, variant).is_file()
 
     def entry(self, base: str, variant: str = DEFAULT_VARIANT) -> AdapterEntry | None:
-        return self.files.get(f"{base}/{variant}")
+        return self.files.get(f"{base_label(base)}/{variant}")
 
     def bases(self, variant: str = DEFAULT_VARIANT) -> list[str]:
         """The bases this style has an adapter of ``variant`` for."""
-        return sorted(key.partition("/")[0] for key in self.files
-                      if key.partition("/")[2] == variant and self.adapter_path(key.partition("/")[0], variant).is_file())
+        return sorted(key.rpartition("/")[0] for key in self.files
+                      if key.rpartition("/")[2] == variant and self.adapter_path(key.rpartition("/")[0], variant).is_file())
 
     def thumbnail_path(self) -> Path | None:
         path = self.folder / self.thumbnail if self.thumbnail else None
@@ -306,6 +317,7 @@ class StyleCatalog:
         and captions to keep beside it. Refuses a bundled style's name, and an existing adapter for
         the same base unless ``overwrite``."""
         check_style_name(name)
+        base = base_label(base)
         if (self.bundled_root / name / RECORD_NAME).is_file():
             raise ShiraError(f"{name!r} is a bundled style's name; choose another")
         folder = self.user_root / name

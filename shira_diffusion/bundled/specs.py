@@ -57,19 +57,28 @@ STYLES = {
 }
 
 
-# What is trained per style and base: SHiRA with the default mask, the other masks for the
-# comparison table ("shira-rand", ...), and LoRA at the same parameter count.
-VARIANTS = ("shira", *(f"shira-{m}" for m in MASK_STRATEGIES if m != DEFAULT_MASK), "lora")
+# What is trained per style and base: SHiRA with the default mask (one Struct mask shared by every
+# style), SHiRA on the style's own Struct slot ("shira-slot": disjoint from the other styles'), the
+# other masks for the comparison table ("shira-rand", ...), and LoRA at the same parameter count.
+VARIANTS = ("shira", "shira-slot", *(f"shira-{m}" for m in MASK_STRATEGIES if m != DEFAULT_MASK), "lora")
 BUILT_BY_DEFAULT = ("shira", "lora")
 
 
 def variant_settings(variant: str) -> dict:
-    """The ``TrainConfig`` fields a variant name stands for."""
+    """The ``TrainConfig`` fields a variant name stands for (``shira-slot``'s slot is the style's own:
+    ``train_config`` adds it)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown adapter variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if variant == "lora":
         return {"adapter": "lora"}
-    return {"adapter": "shira", "mask": variant.partition("-")[2] or DEFAULT_MASK}
+    if variant == "shira-slot":
+        return {"adapter": "shira", "mask": DEFAULT_MASK}
+    return {"adapter": "shira", "mask": variant.partition("-")[2] or DEFAULT_MASK, "mask_slot": "none"}
+
+
+def style_slot(style: str) -> int:
+    """The Struct slot of a bundled style's ``shira-slot`` adapter: its place in ``STYLES``."""
+    return list(STYLES).index(style)
 
 
 def adapter_path(style: str, base: str, variant: str = "shira") -> Path:
@@ -86,8 +95,11 @@ RECIPE_FIELDS = ("targets", "max_train_steps", "train_batch_size", "learning_rat
 
 def recipe_summary(config) -> dict:
     """The settings a bundled adapter was trained with, as ``style.json`` lists them per file (the
-    adapter's own header and run record keep every field)."""
-    return {"rank": config.resolved_rank(), **{k: getattr(config, k) for k in RECIPE_FIELDS}}
+    adapter's own header and run record keep every field). The slot only where there is one."""
+    summary = {"rank": config.resolved_rank(), **{k: getattr(config, k) for k in RECIPE_FIELDS}}
+    if str(getattr(config, "mask_slot", "none")) not in ("none", "auto"):
+        summary["mask_slot"] = int(config.mask_slot)
+    return summary
 
 
 def _relative(path: Path) -> str:
@@ -108,7 +120,11 @@ def train_config(spec: StyleSpec, base: str, variant: str, steps: int | None = N
                          output=_relative(adapter_path(spec.name, base, variant)), base=base,
                          trigger=spec.trigger, name=spec.name, description=spec.description, cache_latents=True,
                          extra={"look": spec.look}, **variant_settings(variant),
+                         # A rebuild replaces the adapter it names, on purpose.
+                         overwrite=True,
                          **{**spec.recipe_for(base), **overrides})
+    if variant == "shira-slot":
+        config.mask_slot = str(style_slot(spec.name))
     if steps:
         config.max_train_steps = steps
     return config

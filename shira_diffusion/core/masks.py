@@ -94,45 +94,39 @@ SLOTS = 8  # Struct slots per base: up to 8 styles of one size on pairwise disjo
 
 def struct_slot_mask(shape: Iterable[int], size: int, slot: int, slots: int = SLOTS) -> torch.Tensor:
     """Struct on slot ``slot`` of ``slots``: masks of one size on different slots share no entry,
-    and each is still a few strided blocks, so styles mix without touching each other's weights.
+    and each is still three strided blocks, so styles mix without touching each other's weights.
 
-    All slots share one layout: ``n_rows`` groups of ``slots`` consecutive rows at a constant
-    stride (slot k owns row k of each group, whole), a column region of ``slots`` bands (slot k
-    owns band k, on every row outside the groups), and a diagonal shifted right of the bands by k
-    (outside the groups). The layout depends on the shape and size only, never on the slot.
+    All slots share one layout: the last ``n_rows * slots`` rows are the slots' whole rows (slot k
+    owns every ``slots``-th of them, from the k-th), the first ``slots * width`` columns of the other
+    rows are the slots' bands (slot k owns band k), and right of the bands each slot has a diagonal
+    shifted by k. Rows, like columns, are interchangeable up to a permutation of the layer's
+    neurons, so grouping them costs nothing. The layout depends on the shape and size only.
     """
     rows, cols = matrix_shape(shape)
     if not 0 <= slot < slots:
         raise ShiraError(f"mask slot must be in [0, {slots}), got {slot}")
     if size * slots > rows * cols:
         raise ShiraError(f"{slots} slots of {size} entries do not fit a {rows}x{cols} weight; lower the rank")
-    budget = size - min(rows, cols)
-    width = min(BAND_WIDTH, max(1, (max(budget, 0) // 2) // rows))
-    if slots * width + slots >= cols or rows < 2 * slots:
-        # Too narrow or too short for the layout: every slots-th entry, offset by the slot.
-        return torch.arange(slot, rows * cols, slots, dtype=torch.int64)[:size]
+    budget = max(size - min(rows, cols), 0)
+    width = min(BAND_WIDTH, max(1, (budget // 2) // rows))
     band_start = slots * width  # columns [0, band_start): the bands; the diagonals start right of them
-    n_rows = max(0, -(-(max(budget, 0) - width * rows) // cols))
+    n_rows = max(0, -(-(budget - width * rows) // cols))
     while True:
-        stride = rows // max(n_rows, 1)
-        if n_rows and stride < slots:
+        free = rows - n_rows * slots  # rows [0, free) hold the bands and diagonals
+        if free < 1 or band_start + slots >= cols:
+            # Too narrow or too short for the layout: every slots-th entry, offset by the slot.
             return torch.arange(slot, rows * cols, slots, dtype=torch.int64)[:size]
-        grouped = torch.zeros(rows, dtype=torch.bool)
-        for j in range(n_rows):
-            grouped[j * stride : j * stride + slots] = True
-        free = torch.nonzero(~grouped).flatten()
-        shortest_diagonal = int((free + band_start + slots - 1 < cols).sum())  # the last slot's, for every slot
-        if shortest_diagonal + width * len(free) + n_rows * cols >= size or n_rows * slots >= rows:
+        shortest_diagonal = max(0, min(free, cols - band_start - slots + 1))  # the last slot's
+        if shortest_diagonal + width * free + n_rows * cols >= size:
             break
         n_rows += 1
-    diagonal = free[free + band_start + slot < cols]
+    diagonal = torch.arange(max(0, min(free, cols - band_start - slot)), dtype=torch.int64)
     diagonal = diagonal * cols + diagonal + band_start + slot
-    band = (free[:, None] * cols + slot * width + torch.arange(width)).flatten()
-    own_rows = torch.arange(n_rows, dtype=torch.int64) * stride + slot
+    band = (torch.arange(free)[:, None] * cols + slot * width + torch.arange(width)).flatten()
+    own_rows = free + slot + slots * torch.arange(n_rows, dtype=torch.int64)
     row_entries = (own_rows[:, None] * cols + torch.arange(cols)).flatten()
     if size <= len(diagonal):  # tiny budgets: an evenly spaced part of the diagonal
-        picks = torch.linspace(0, len(diagonal) - 1, size).round().long().unique()
-        chosen = diagonal[picks]
+        chosen = diagonal[torch.linspace(0, len(diagonal) - 1, size).round().long().unique()]
     else:
         chosen = torch.cat([diagonal, band, row_entries])[:size]
     if len(chosen) < size:

@@ -21,7 +21,7 @@ import numbers
 from dataclasses import dataclass, field
 
 from ..core.architecture import TARGET_PRESETS, resolve_targets
-from ..core.masks import DEFAULT_MASK, MASK_STRATEGIES
+from ..core.masks import DEFAULT_MASK, MASK_STRATEGIES, SLOTS
 from ..errors import ShiraError
 
 DEFAULT_RANK = 2
@@ -60,6 +60,10 @@ class TrainConfig:
         "default: a phrase every caption shares after (or before) a comma, if there is one"))
     adapter: str = field(default="shira", metadata=_help("the adapter kind", choices=ADAPTERS))
     mask: str = field(default=DEFAULT_MASK, metadata=_help("SHiRA mask strategy", choices=MASK_STRATEGIES))
+    mask_slot: str = field(default="auto", metadata=_help(
+        f"Struct slot, 0-{SLOTS - 1}: styles of one size on different slots share no weight entry, so they mix "
+        "without touching each other; 'auto' (default) takes the lowest slot no style in the catalogue uses "
+        "on this base; 'none': the shared Struct mask"))
     density: float | None = field(default=None, metadata=_help(
         "SHiRA: share of each adapted weight's entries, in (0, 1]", group="size"))
     # Default 2 when no density is given (SHiRA: r*(m+n) entries per layer).
@@ -186,6 +190,20 @@ def _choice(config, name: str, choices) -> None:
         raise ShiraError(f"--{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
+def parse_mask_slot(value) -> int | str | None:
+    """``--mask_slot``: an int slot, "auto", or None ("none")."""
+    text = str(value).strip().lower()
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    try:
+        slot = int(text)
+    except ValueError:
+        slot = -1
+    if not 0 <= slot < SLOTS:
+        raise ShiraError(f"--mask_slot must be 'auto', 'none' or a slot 0-{SLOTS - 1}, got {value!r}")
+    return slot
+
+
 def validate(config: TrainConfig) -> None:
     """Check every field (types, ranges, names, combinations); reads no file and loads no model.
     Raises ``ShiraError`` naming the flag at fault."""
@@ -199,6 +217,9 @@ def validate(config: TrainConfig) -> None:
         raise ShiraError("--base must name a base")
     _choice(config, "adapter", ADAPTERS)
     _choice(config, "mask", MASK_STRATEGIES)
+    slot = parse_mask_slot(config.mask_slot)
+    if isinstance(slot, int) and (config.adapter != "shira" or config.mask != "struct"):
+        raise ShiraError(f"--mask_slot {slot} is for SHiRA's struct mask, not {config.adapter} / {config.mask}")
     if config.adapter == "lora" and config.density is not None:
         raise ShiraError("--density is for SHiRA; give LoRA a --rank")
     if config.density is not None and config.rank is not None:

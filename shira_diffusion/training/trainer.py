@@ -48,6 +48,7 @@ from ..core.masks import build_masks, calibration_gradients
 from ..core.sparse_training import SparseDeltaModel
 from ..errors import ShiraError
 from . import checkpoints
+from .slots import resolve_mask_slot
 from .config import (DEFAULT_RANK, TrainConfig, add_arguments, check_timesteps, config_from_args,  # noqa: F401
                      config_from_dict, fingerprint, validate)
 from .dataset import StyleImages, infer_trigger, load_training_data
@@ -106,7 +107,10 @@ class StyleTrainer:
 
     def __init__(self, config: TrainConfig, *, pipeline=None, data=None, callbacks: TrainCallbacks | None = None):
         validate(config)
-        self.config = config
+        # "auto" becomes the slot itself, so the recipe, fingerprint and a resume all name it.
+        slot = resolve_mask_slot(config, config.name or os.path.basename(config.output).split(".")[0])
+        self.config = config = dataclasses.replace(config, mask_slot="none" if slot is None else str(slot))
+        self.mask_slot = slot
         self.callbacks = callbacks or TrainCallbacks()
         self.paths = output_paths(config.output)
         self.given_pipeline = pipeline
@@ -238,7 +242,7 @@ class StyleTrainer:
                 gradients = calibration_gradients(pipe.unet, weights, lambda unet, s: self.loss_of(unet, s, 0),
                                                   calibration)
             masks = build_masks(weights, config.mask, density=config.density, rank=rank_or_none, gradients=gradients,
-                                seed=config.seed)
+                                seed=config.seed, slot=self.mask_slot)
             self.model = SparseDeltaModel(pipe.unet, masks)
             params = list(self.model.values.parameters())
         else:
