@@ -171,9 +171,18 @@ def test_good_and_bad_uploads(client, tmp_path):
     assert generate(client, [("frame", 1.0)])[0]
 
 
+def test_a_local_diffusers_folder_is_a_base(client, toy_pipeline_folders):
+    status, gallery = client.predict(toy_pipeline_folders["sd"], [], *[1.0] * MAX_STYLES, api_name="/load_base")[:2]
+    assert "ready" in status and "SD family" in status
+    assert gallery == []  # no style has an adapter for this base
+    assert generate(client, [], base=toy_pipeline_folders["sd"])[0]
+
+
 def test_a_base_that_cannot_load_offline_says_so(client):
+    status = client.predict("nobody/no-such-model", [], *[1.0] * MAX_STYLES, api_name="/load_base")[0]
+    assert "cannot be used" in status and "not in the local Hugging Face cache" in status
     with pytest.raises(Exception, match="not in the local Hugging Face cache"):
-        client.predict("nobody/no-such-model", [], *[1.0] * MAX_STYLES, api_name="/load_base")
+        generate(client, [], base="nobody/no-such-model")
     assert generate(client, [])[0]
 
 

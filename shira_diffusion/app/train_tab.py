@@ -28,7 +28,7 @@ def build_train_tab(service: AppService, base: gr.Dropdown) -> dict:
     gr.Markdown("Train a style from 5-50 images. Captions: a same-name `.txt` beside each image (also inside a "
                 "zip), or one caption for all. Training runs in the background; the page stays usable.")
     files = gr.File(label="Images, captions (.txt) or a .zip", file_count="multiple", type="filepath",
-                    file_types=[*IMAGE_SUFFIXES, ".txt", ".zip"], elem_id="train-files")
+                    file_types=[*IMAGE_SUFFIXES, ".txt", ".zip"], height=180, elem_id="train-files")
     with gr.Row():
         caption = gr.Textbox(label="One caption for all (used where an image has no .txt)", scale=2)
         name = gr.Textbox(label="Style name", elem_id="train-name")

@@ -165,14 +165,18 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
 
         def on_load(base_value):
             loaded = service.is_loaded(base_value)
-            text = f"Base **{base_value}** ready." if loaded else f"Base **{base_value}** loads on first use."
+            text = f"Base **{base_value}** ready." if loaded else \
+                f"Base **{base_value}** is loading (the first image waits for it)."
             return (*refresh(base_value, []), text)
 
         demo.load(on_load, base, [gallery, chosen, mine, base_status], api_visibility="private")
 
-        @_user_errors
         def load_base(base_value, current, old_names, *weights):
-            loaded = service.base(base_value)
+            try:
+                loaded = service.base(base_value)
+            except ShiraError as exc:  # the message in the page; the controls keep what they show
+                gr.Warning(str(exc))
+                return (f"**Base {base_value} cannot be used:** {exc}", *[gr.skip()] * (5 + MAX_STYLES))
             gallery_value, chosen_update, mine_update = refresh(base_value, current)
             kept = chosen_update["value"]
             return (f"Base **{loaded.spec}** ({loaded.family.upper()} family) ready, loaded in {loaded.seconds:.1f} s.",
@@ -227,7 +231,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         @_user_errors
         def load_recipe(path):
             if not path:
-                return (gr.skip(),) * (10 + MAX_STYLES)
+                return (gr.skip(),) * (9 + MAX_STYLES)
             recipe = read_recipe(path)
             base_value = recipe["base"]
             names = [r.name for r in service.styles(base_value)]
