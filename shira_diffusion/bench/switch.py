@@ -58,14 +58,18 @@ def random_adapter(
     density: float | None,
     seed: int,
     name: str,
+    slot: int | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
 ) -> SparseAdapter:
-    """An adapter with random values on a real mask. Grad/SNIP get synthetic gradients (one set per
-    seed, as each style has its own calibration data): their masks are unstructured top-k sets."""
+    """An adapter with random values on a real mask (``slot``: a Struct slot; ``masks``: reuse these).
+    Grad/SNIP get synthetic gradients (one set per seed, as each style has its own calibration
+    data): their masks are unstructured top-k sets."""
     gradients = None
     if mask in ("grad", "snip"):
         generator = torch.Generator().manual_seed(seed)
         gradients = {n: torch.randn(w.shape, generator=generator) for n, w in weights.items()}
-    masks = build_masks(weights, mask, rank=rank, density=density, gradients=gradients, seed=seed)
+    if masks is None:
+        masks = build_masks(weights, mask, rank=rank, density=density, gradients=gradients, seed=seed, slot=slot)
     generator = torch.Generator().manual_seed(10_000 + seed)
     return SparseAdapter(
         indices={n: m.to(torch.int32) for n, m in masks.items()},
@@ -180,6 +184,8 @@ def bench_switch(
             fresh.restore()
         result["shira_cold_first_ms"] = _median_ms(cold_first)
     del bank, fresh
+    if mask == DEFAULT_MASK:
+        result.update(_slot_and_scale_rows(unet, weights, family, rank, density, repeats, ad_a, log))
 
     # ------------------------------------------------------------ diffusers LoRA
     log(f"diffusers LoRA r={lora_rank} on the same {len(modules)} layers ...")
@@ -258,6 +264,61 @@ def bench_switch(
     return result
 
 
+def _floor_ms(entries: int, dtype: torch.dtype, device: torch.device, repeats: int) -> float:
+    """A plain contiguous copy of as many values as a switch writes: the floor a switch is measured
+    against (a switch also has to find its entries)."""
+    source = torch.randn(entries, device=device).to(dtype)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    return median_ms([_timed(lambda: target.copy_(source)) for _ in range(repeats)])
+
+
+def _slot_and_scale_rows(unet, weights, family, rank, density, repeats, single, log) -> dict:
+    """Struct only: mixes of styles on disjoint slots, the floor each switch is measured against,
+    and a bank holding 100 styles."""
+    rows = {}
+    dtype = next(iter(weights.values())).dtype
+    device = next(iter(weights.values())).device
+    log("four adapters on Struct slots 0-3 ...")
+    slots = [random_adapter(weights, family, DEFAULT_MASK, rank=rank, density=density, seed=20 + k, name=f"s{k}",
+                            slot=k) for k in range(4)]
+    bank = StyleBank(unet)
+    for adapter in slots:
+        bank.add(adapter)
+    entries = single.num_params
+    rows["floor_single_ms"] = _floor_ms(entries, dtype, device, repeats)
+    rows["floor_two_ms"] = _floor_ms(2 * entries, dtype, device, repeats)
+    rows["floor_four_ms"] = _floor_ms(4 * entries, dtype, device, repeats)
+    bank.apply({"s0": 1.0})
+    rows["slot_switch_ms"] = median_ms([_timed(lambda m=m: bank.apply({m: 1.0}))
+                                        for _ in range(repeats) for m in ("s1", "s0")])
+    pairs = ({"s0": 1.0, "s1": 1.0}, {"s2": 1.0, "s3": 1.0})
+    rows["slot_mix_two_ms"] = median_ms([_timed(lambda m=m: bank.apply(m)) for _ in range(repeats) for m in pairs])
+    fours = ({"s0": 1.0, "s1": 0.5, "s2": 1.0, "s3": 0.5}, {"s0": 0.5, "s1": 1.0, "s2": 0.5, "s3": 1.0})
+    rows["slot_mix_four_ms"] = median_ms([_timed(lambda m=m: bank.apply(m)) for _ in range(repeats) for m in fours])
+    bank.restore()
+    del bank
+    log("a bank holding 100 styles on one mask ...")
+    masks = {n: single.indices[n].long() for n in single.indices}
+    bank = StyleBank(unet)
+    for k in range(100):
+        bank.add(random_adapter(weights, family, DEFAULT_MASK, rank=rank, density=density, seed=100 + k,
+                                name=f"h{k}", masks=masks))
+        if k == 1:
+            bank.apply({"h0": 1.0})
+            rows["held_2_switch_ms"] = median_ms([_timed(lambda m=m: bank.apply({m: 1.0}))
+                                                  for _ in range(repeats) for m in ("h1", "h0")])
+    bank.apply({"h0": 1.0})
+    rows["held_100_switch_ms"] = median_ms([_timed(lambda m=m: bank.apply({m: 1.0}))
+                                            for _ in range(repeats) for m in ("h99", "h0")])
+    rows["held_style_mb"] = round(bank._entries["h1"].values.nbytes / 2**20, 2)
+    bank.restore()
+    rows["slot_vs_floor"] = round(rows["slot_switch_ms"] / rows["floor_single_ms"], 1)
+    rows["slot_mix_two_vs_floor"] = round(rows["slot_mix_two_ms"] / rows["floor_two_ms"], 1)
+    rows["slot_mix_four_vs_floor"] = round(rows["slot_mix_four_ms"] / rows["floor_four_ms"], 1)
+    return rows
+
+
 def _pipeline_class(family: str):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -308,4 +369,12 @@ def format_switch_table(r: dict) -> str:
         f"mix of two {r['shira_mix_switch_ms']:.1f} ms, restore {r['shira_restore_ms']:.1f} ms, "
         f"cold into an empty bank {r['shira_cold_first_ms']:.1f} ms"
     )
+    if "slot_switch_ms" in r:
+        lines.append(
+            f"Struct slots (disjoint masks): switch {r['slot_switch_ms']:.1f} ms ({r['slot_vs_floor']}x a plain copy of "
+            f"the same bytes, {r['floor_single_ms']:.1f} ms; the shared-mask switch is "
+            f"{r['shira_warm_switch_ms'] / r['floor_single_ms']:.1f}x), mix of two {r['slot_mix_two_ms']:.1f} ms "
+            f"({r['slot_mix_two_vs_floor']}x), of four {r['slot_mix_four_ms']:.1f} ms ({r['slot_mix_four_vs_floor']}x); "
+            f"a bank holding 100 styles switches in {r['held_100_switch_ms']:.1f} ms against "
+            f"{r['held_2_switch_ms']:.1f} ms with 2 held, {r['held_style_mb']} MB per held style")
     return "\n".join(lines)
