@@ -5,9 +5,11 @@ compare), Train (a style from your images, in the background) and Styles (inspec
 delete adapters). ``SHIRA_BASE`` chooses the default base (``toy-sd``: offline, on a CPU).
 """
 
-from shira_diffusion.app import build_demo, main
+from shira_diffusion.app import build_demo, main, serving_environment
 from shira_diffusion.app.styles_view import inspect_adapter  # noqa: F401  (the inspector, importable here)
 
+if __name__ == "__main__":
+    serving_environment()  # Gradio's upload cache under $SHIRA_HOME
 demo = build_demo()
 
 if __name__ == "__main__":

@@ -11,6 +11,14 @@ from __future__ import annotations
 import os
 
 
+def serving_environment() -> None:
+    """Before the page is built for serving: Gradio's upload cache goes under ``$SHIRA_HOME/app``
+    too (unless ``GRADIO_TEMP_DIR`` places it elsewhere), so the app writes nowhere else."""
+    from .uploads import app_home
+
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(app_home() / "gradio"))
+
+
 def build_demo(service=None):
     from .ui import build_demo as build
 
@@ -22,9 +30,11 @@ def main(demo=None) -> None:
     and ``GRADIO_SERVER_NAME`` where it listens (Gradio's own variables)."""
     from .ui import launch_options
 
-    demo = demo or build_demo()
+    if demo is None:
+        serving_environment()
+        demo = build_demo()
     demo.shira_service.preload()
     demo.launch(**launch_options())
 
 
-__all__ = ["build_demo", "main"]
+__all__ = ["build_demo", "main", "serving_environment"]

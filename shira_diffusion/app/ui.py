@@ -5,7 +5,6 @@ errors a visitor can fix come back as ``gr.Error`` messages and the app keeps se
 from __future__ import annotations
 
 import functools
-import os
 import random
 
 import gradio as gr
@@ -55,8 +54,6 @@ def launch_options() -> dict:
 
 def build_demo(service: AppService | None = None) -> gr.Blocks:
     service = service or AppService()
-    # Gradio's own upload cache goes under $SHIRA_HOME too, unless the user placed it elsewhere.
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(app_home() / "gradio"))
 
     def records(base):
         return {r.name: r for r in service.styles(base)}
