@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+from contextlib import contextmanager
 
 from .core.architecture import TARGET_PRESETS
 from .errors import ShiraError
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     switch.add_argument("--targets", choices=list(TARGET_PRESETS), default="attn")
     switch.add_argument("--repeats", type=_positive_int, default=7, help="repetitions per median (>= 5)")
     switch.add_argument("--json", action="store_true", help="end the output with the JSON object")
+    _add_device_arguments(switch)
 
     train_bench = bench_kinds.add_parser(
         "train",
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_bench.add_argument("--latent", type=_positive_int, default=32, help="latent size (32: 256 px images)")
     train_bench.add_argument("--steps", type=_positive_int, default=5, help="timed steps per variant")
     train_bench.add_argument("--json", action="store_true")
+    _add_device_arguments(train_bench)
 
     gen_bench = bench_kinds.add_parser(
         "generate",
@@ -121,7 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen_bench.add_argument("--seed", type=int, default=0)
     gen_bench.add_argument("--out", help="folder for a grid of the first 64 images of each base")
     gen_bench.add_argument("--json", action="store_true", help="end the output with the JSON object")
-
+    _add_device_arguments(gen_bench)
+    all_bench = bench_kinds.add_parser(
+        "all",
+        help="switch (SD1.5 and SDXL), generate and train benchmarks in one run",
+        description="Every benchmark on one device: switching on the full-size SD1.5 and SDXL UNets "
+        "(Struct, r=16), generation on both toy bases, training steps on SD1.5. Minutes on a GPU "
+        "(--device cuda); long on a CPU. The last line of output is one JSON object with --json.",
+    )
+    all_bench.add_argument("--prompts", type=_positive_int, default=50, help="grammar prompts per toy base")
+    all_bench.add_argument("--latent", type=_positive_int, default=32, help="training latent size")
+    all_bench.add_argument("--json", action="store_true", help="end the output with the JSON object")
+    _add_device_arguments(all_bench)
     app_bench = bench_kinds.add_parser(
         "app",
         help="the Gradio app: start, one image through the API, switch, concurrent clients",
@@ -157,6 +172,36 @@ def build_parser() -> argparse.ArgumentParser:
                            "style's style.json")
     ev_styles.add_argument("--sheet", help="write a PNG with the first 8 images of every row (plain, each adapter)")
     ev_styles.add_argument("--json", action="store_true")
+    ev_fusion = ev_kinds.add_parser(
+        "fusion",
+        help="how much of each bundled style survives a mix of two, by mixing method",
+        description="For every compatible pair of bundled styles, on reserved prompts (image i with seed i), "
+        "each member's strength in the mixed images over its strength alone, and the mix's content accuracy, "
+        "for SHiRA on the shared mask, SHiRA on disjoint slots, a TIES merge, and LoRA with set_adapters. "
+        "The last line of output is one JSON object with --json.",
+    )
+    ev_fusion.add_argument("--base", default="toy-sd")
+    ev_fusion.add_argument("--style", action="append", dest="styles", help="default: every bundled style")
+    ev_fusion.add_argument("--method", action="append", dest="methods",
+                           choices=["shira-shared", "shira-slots", "ties", "lora"], help="default: all four")
+    ev_fusion.add_argument("--prompts", type=_positive_int, default=40, help="reserved prompts per pair (default 40)")
+    ev_fusion.add_argument("--steps", type=_positive_int, default=20)
+    ev_fusion.add_argument("--guidance", type=float, default=5.0)
+    ev_fusion.add_argument("--plot", help="write a heatmap PNG of each method's pairwise retention")
+    ev_fusion.add_argument("--json", action="store_true")
+
+    metrics = commands.add_parser(
+        "metrics",
+        help="weight-space interference of adapters: AWOM, AWOR, overlap, cosine",
+        description="For every pair of the given adapters (bundled style names or files; SHiRA or LoRA), the "
+        "SHiRA paper's AWOM and AWOR on their delta matrices, the overlap of the entries they touch "
+        "(Jaccard) and the cosine of their deltas, per layer (--json) and overall.",
+    )
+    metrics.add_argument("adapters", nargs="+", metavar="STYLE_OR_FILE")
+    metrics.add_argument("--base", default="toy-sd", help="the base whose adapters a style name means")
+    metrics.add_argument("--variant", default="shira", help="for style names: shira, shira-<mask>, shira-slot or lora")
+    metrics.add_argument("--plot", help="write a heatmap PNG (AWOR, Jaccard, cosine)")
+    metrics.add_argument("--json", action="store_true")
 
     _add_styles_parser(commands, VARIANTS)
 
@@ -223,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
              "defaults to 1, or for a single bundled style to its recommended weight (style.json)",
     )
     gen.add_argument("--config", help="for a single-file checkpoint: a local diffusers folder of its architecture")
+    _add_transfer_parsers(commands, ev_kinds)
     return parser
 
 
@@ -406,21 +452,35 @@ def _read_prompts(path: str) -> list[str]:
     return prompts
 
 
+def _add_device_arguments(parser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                        help="the weights' dtype (training: the autocast dtype; default fp32)")
+
+
 def _cmd_bench(args) -> None:
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     if args.bench == "app":
         from .bench.app import bench_app, format_app_table
 
-        result = bench_app(steps=args.steps, clients=args.clients, threads=args.threads,
-                           log=lambda text: print(text, file=sys.stderr, flush=True))
+        result = bench_app(steps=args.steps, clients=args.clients, threads=args.threads, log=log)
         print(format_app_table(result))
+        if args.json:
+            print(json.dumps(result))
+        return
+    if args.bench == "all":
+        from .bench.all import bench_all, format_all
+
+        result = bench_all(args.device, args.dtype, prompts=args.prompts, train_latent=args.latent, log=log)
+        print(format_all(result))
         if args.json:
             print(json.dumps(result))
         return
     if args.bench == "train":
         from .bench.train import bench_train, format_train_table
 
-        result = bench_train(args.arch, args.rank, args.latent, args.steps,
-                             log=lambda text: print(text, file=sys.stderr, flush=True))
+        result = bench_train(args.arch, args.rank, args.latent, args.steps, log=log, device=args.device,
+                             dtype=args.dtype)
         print(format_train_table(result))
         if args.json:
             print(json.dumps(result))
@@ -429,7 +489,7 @@ def _cmd_bench(args) -> None:
         from .bench.generate import bench_generate, format_generate_table
 
         result = bench_generate(args.bases or ["toy-sd", "toy-sdxl"], count=args.prompts, steps=args.steps,
-                                seed=args.seed, out_dir=args.out)
+                                seed=args.seed, out_dir=args.out, device=args.device, dtype=args.dtype)
         print(format_generate_table(result))
         if args.json:
             print(json.dumps(result))
@@ -444,7 +504,9 @@ def _cmd_bench(args) -> None:
         density=args.density,
         targets=args.targets,
         repeats=args.repeats,
-        log=lambda text: print(text, file=sys.stderr, flush=True),
+        log=log,
+        device=args.device,
+        dtype=args.dtype,
     )
     print(format_switch_table(result))
     if args.json:
@@ -452,6 +514,24 @@ def _cmd_bench(args) -> None:
 
 
 def _cmd_eval(args) -> None:
+    if args.eval == "transfer":
+        return _cmd_eval_transfer(args)
+    if args.eval == "fusion":
+        from .fusion.evaluate import METHODS, eval_fusion, format_fusion_table
+
+        result = eval_fusion(args.base, args.styles, args.methods or METHODS, count=args.prompts, steps=args.steps,
+                             guidance_scale=args.guidance, progress=lambda t: print(t, file=sys.stderr, flush=True))
+        print(format_fusion_table(result))
+        if args.plot:
+            from .fusion.heatmap import retention_panels, save_heatmaps
+
+            names, panels = retention_panels(result)
+            save_heatmaps(names, panels, args.plot, title=f"{args.base}: retention in mixes of two "
+                          "(row style's strength in the mix / alone)")
+            print(f"wrote {args.plot}")
+        if args.json:
+            print(json.dumps(result))
+        return
     from .evaluate import eval_styles, format_styles_table
 
     result = eval_styles(args.base, args.styles, args.adapters, args.prompts, args.steps, sheet=args.sheet,
@@ -459,6 +539,41 @@ def _cmd_eval(args) -> None:
     print(format_styles_table(result))
     if args.json:
         print(json.dumps(result))
+
+
+def _cmd_metrics(args) -> None:
+    from .catalog import default_catalog
+    from .fusion import load_deltas, pairwise_metrics
+
+    if len(args.adapters) < 2:
+        raise ShiraError("give at least two adapters to compare")
+    catalog = default_catalog()
+    loaded = []
+    for item in args.adapters:
+        path = catalog.resolve_adapter(item, args.base, args.variant)
+        name = item if item in catalog else path.name.split(".")[0]
+        if any(d.name == name for d in loaded):
+            name = str(path)
+        loaded.append(load_deltas(path, name=name))
+    pairs = pairwise_metrics(loaded)
+    if args.json:
+        print(json.dumps(pairs))
+    else:
+        print("| pair | AWOM | AWOR | overlap (Jaccard) | cosine | tensors |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for key, r in pairs.items():
+            o = r["overall"]
+            print(f"| {key.replace('|', ' + ')} | {o['awom']:.3g} | {o['awor']:.3f} | {o['jaccard']:.1%} | "
+                  f"{o['cosine']:+.3f} | {o['shared_tensors']} |")
+    if args.plot:
+        from .fusion.heatmap import pairwise_matrix, save_heatmaps
+
+        names = [d.name for d in loaded]
+        panels = {"AWOR (1: no interference)": pairwise_matrix(names, pairs, "awor", 1.0),
+                  "entries shared (Jaccard)": pairwise_matrix(names, pairs, "jaccard", 1.0),
+                  "cosine of the deltas": pairwise_matrix(names, pairs, "cosine", 1.0)}
+        save_heatmaps(names, panels, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
 
 
 def _cmd_info(args) -> None:
@@ -531,15 +646,8 @@ def shape_only_unet(config: dict):
 
 
 def _cmd_train(args) -> None:
-    import logging
-
     from .training import TrainingInterrupted, config_from_args, train
 
-    handler = logging.StreamHandler(sys.stderr)  # the library's progress messages, as plain lines
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log = logging.getLogger("shira_diffusion")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
     try:
         record = train(config_from_args(args))
     except TrainingInterrupted as exc:
@@ -547,11 +655,137 @@ def _cmd_train(args) -> None:
               f"{exc.record['checkpoint']}: run the same command with --resume_from_checkpoint latest to finish",
               file=sys.stderr)
         raise SystemExit(130) from None
-    finally:
-        log.removeHandler(handler)
     trigger = f"; trigger {record['trigger']!r} (inferred from the captions)" if record["trigger_inferred"] else ""
     print(f"wrote {record['files']['adapter']} ({record['trainable_params']:,} parameters, {record['seconds']} s"
           f"{trigger})")
+
+
+def _add_transfer_parsers(commands, ev_kinds) -> None:
+    """``shira transfer``, ``shira convert`` and ``shira eval transfer`` (shira_diffusion/transfer/)."""
+    transfer = commands.add_parser(
+        "transfer",
+        help="carry an adapter to a new base with synthetic data only (Trans-LoRA)",
+        description="The source base with the adapter (SHiRA, diffusers/PEFT LoRA or kohya LoRA) draws images for "
+        "synthetic prompts that imitate the seed captions; a real-vs-synthetic classifier trained on the seed "
+        "images keeps the ones it takes for real; a new adapter on the target base learns from them. Writes the "
+        "adapter, OUT.transfer.json (acceptance, MMD, timings) and OUT.transfer.png (source on the old base, "
+        "student on the new one, the new base alone). With --adapters DIR: every DIR/NAME.safetensors with its "
+        "seed images in DIR/NAME/, into the folder --out (resumable; under accelerate launch, process i takes "
+        "adapters i, i + N, ...).",
+    )
+    source = transfer.add_mutually_exclusive_group(required=True)
+    source.add_argument("--adapter", help="the adapter file to transfer")
+    source.add_argument("--adapters", help="a folder: NAME.safetensors + NAME/ seed images for each adapter")
+    transfer.add_argument("--from", dest="source_base", required=True, help="the adapter's base")
+    transfer.add_argument("--to", dest="target_base", required=True, help="the new base")
+    transfer.add_argument("--seed-data", help="the style's few real images with same-name .txt captions")
+    transfer.add_argument("--out", required=True, help="the new adapter (.safetensors); with --adapters a folder")
+    transfer.add_argument("--as", dest="kind", choices=["shira", "lora"], help="the new adapter's kind (default: "
+                          "the source's)")
+    transfer.add_argument("--synthetic", type=_positive_int, default=50, help="synthetic samples kept (default 50)")
+    transfer.add_argument("--generator", help="a causal LM (local folder or cached Hub id) writing the prompts "
+                          "(default: offline word substitution in the target's token-embedding space)")
+    transfer.add_argument("--no-filter", dest="filter", action="store_false", help="keep every drawn sample")
+    transfer.add_argument("--max-draws", type=_positive_int, help="cap on samples drawn (default 4 x --synthetic)")
+    transfer.add_argument("--steps", type=_positive_int, default=500, help="student training steps (default 500)")
+    transfer.add_argument("--rank", type=_positive_int, help="student rank (default: the source LoRA's, else 2)")
+    transfer.add_argument("--slot", type=int, help="the student's Struct slot, 0-7 (masks disjoint from other slots)")
+    transfer.add_argument("--guidance", type=_guidance_scale, default=5.0)
+    transfer.add_argument("--sample-steps", type=_positive_int, default=20, help="teacher denoising steps")
+    transfer.add_argument("--seed", type=int, default=0)
+    transfer.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+    convert = commands.add_parser(
+        "convert",
+        help="a LoRA file as a SHiRA adapter on the same base, without training",
+        description="Keep the largest entries of each layer's LoRA delta (the mask keeping the most energy) and "
+        "report the relative reconstruction error ||delta - S|| / ||delta||; for a bundled style's LoRA also "
+        "the style strength before (LoRA) and after (SHiRA) on reserved prompts. Reads diffusers/PEFT and "
+        "kohya/A1111 LoRA files.",
+    )
+    convert.add_argument("lora", metavar="LORA_FILE")
+    convert.add_argument("--base", required=True)
+    convert.add_argument("--out", required=True, help="the SHiRA adapter (.safetensors)")
+    size = convert.add_mutually_exclusive_group()
+    size.add_argument("--density", type=_density, help="share of each weight's entries")
+    size.add_argument("--rank", type=_positive_int, help="r*(rows+cols) entries per layer (default: the LoRA's "
+                      "rank, equal parameters)")
+    convert.add_argument("--prompts", type=int, default=8, help="reserved prompts for the strength check of a "
+                         "bundled style's LoRA (0: skip; default 8)")
+    convert.add_argument("--overwrite", action="store_true")
+    convert.add_argument("--json", action="store_true")
+
+    ev_transfer = ev_kinds.add_parser(
+        "transfer",
+        help="bundled styles carried from toy-sd to toy-sdxl: transfer vs no filter vs the 5 seeds alone",
+        description="Per bundled style: 5 seed images (the first of styles/NAME/images/), the transfer, the same "
+        "without the filter, and an adapter trained on the 5 seeds alone, all on toy-sdxl with the same student "
+        "recipe; style strength vs the source adapter's on toy-sd and content vs toy-sdxl's own, on reserved "
+        "prompts (image i with seed i). Results in OUT/eval-transfer.json (styles done are skipped).",
+    )
+    ev_transfer.add_argument("--style", action="append", dest="styles", help="default: every bundled style")
+    ev_transfer.add_argument("--out", default="transfer-eval", help="folder for adapters and results")
+    ev_transfer.add_argument("--variant", choices=["shira", "lora"], default="shira", help="the source adapter")
+    ev_transfer.add_argument("--steps", type=_positive_int, default=300, help="student training steps")
+    ev_transfer.add_argument("--synthetic", type=_positive_int, default=20)
+    ev_transfer.add_argument("--prompts", type=_positive_int, default=20, help="reserved prompts measured")
+    ev_transfer.add_argument("--sample-steps", type=_positive_int, default=20)
+    ev_transfer.add_argument("--guidance", type=_guidance_scale, default=5.0)
+    ev_transfer.add_argument("--generator", help="a causal LM for the prompts (default: offline)")
+    ev_transfer.add_argument("--json", action="store_true")
+
+
+def _cmd_transfer(args) -> None:
+    from .transfer import TransferConfig, transfer
+    from .transfer.batch import transfer_folder
+
+    if args.adapter and not args.seed_data:
+        raise ShiraError("--seed-data is required with --adapter (a few of the style's images with .txt captions)")
+    config = TransferConfig(adapter=args.adapter or "", source_base=args.source_base, target_base=args.target_base,
+                            seed_data=args.seed_data, out=args.out, kind=args.kind, synthetic=args.synthetic,
+                            generator=args.generator, filter=args.filter, max_draws=args.max_draws,
+                            steps=args.steps, rank=args.rank, slot=args.slot, guidance=args.guidance,
+                            sample_steps=args.sample_steps, seed=args.seed, overwrite=args.overwrite)
+    if args.adapters:
+        if args.out.endswith(".safetensors"):
+            raise ShiraError("with --adapters, --out is a folder for the new adapters")
+        status = transfer_folder(args.adapters, args.out, config)
+        for name, state in status.items():
+            print(f"{name}: {state}")
+        return
+    report = transfer(config)
+    f = report["filter"]
+    print(f"wrote {args.out} ({report['target']['kind']} on {args.target_base}); kept {f['kept']} of {f['drawn']} "
+          f"drawn (acceptance {f['acceptance_rate']:.0%}), MMD to the seeds {f['mmd_before']:.3f} -> "
+          f"{f['mmd_after']:.3f}; report {report['files']['report']}")
+
+
+def _cmd_convert(args) -> None:
+    from .transfer.convert import convert_command
+
+    result = convert_command(args.lora, args.base, args.out, rank=args.rank, density=args.density,
+                             prompts=args.prompts, overwrite=args.overwrite)
+    line = (f"wrote {args.out}: {result['params']:,} entries ({result['lora_params']:,} LoRA parameters), relative "
+            f"error {result['relative_error']:.3f}")
+    if "strength" in result:
+        s = result["strength"]
+        line += f"; {s['look']} strength LoRA {s['lora']:.2f} -> SHiRA {s['shira']:.2f} on {s['prompts']} prompts"
+    print(line)
+    if args.json:
+        print(json.dumps(result))
+
+
+def _cmd_eval_transfer(args) -> None:
+    from .bundled.specs import STYLES
+    from .transfer.evaluate import eval_transfer, format_transfer_table
+
+    result = eval_transfer(args.styles or list(STYLES), args.out, variant=args.variant, steps=args.steps,
+                           synthetic=args.synthetic, prompts=args.prompts, guidance=args.guidance,
+                           sample_steps=args.sample_steps, generator=args.generator,
+                           log=lambda t: print(t, file=sys.stderr, flush=True))
+    print(format_transfer_table(result))
+    if args.json:
+        print(json.dumps(result))
 
 
 COMMANDS = {
@@ -559,11 +793,14 @@ COMMANDS = {
     "bases": _cmd_bases,
     "bench": _cmd_bench,
     "eval": _cmd_eval,
+    "metrics": _cmd_metrics,
     "export-peft": _cmd_export,
     "generate": _cmd_generate,
     "import-peft": _cmd_import,
     "info": _cmd_info,
     "styles": _cmd_styles,
+    "transfer": _cmd_transfer,
+    "convert": _cmd_convert,
 }
 
 
@@ -577,7 +814,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        with _library_log_on_stderr():
+            COMMANDS[args.command](args)
     except KeyboardInterrupt:
         _report(debug, "interrupted")
         return 130
@@ -592,6 +830,23 @@ def main(argv: list[str] | None = None) -> int:
         _report(debug, f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
         return 1
     return 0
+
+
+@contextmanager
+def _library_log_on_stderr():
+    """The library logs (``logging``, as diffusers does); a command shows its INFO messages as plain
+    lines on stderr, so stdout keeps only the command's own output (tables, JSON)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("shira_diffusion")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def _report(debug: bool, message: str) -> None:

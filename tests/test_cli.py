@@ -21,7 +21,9 @@ def run_cli(*args):
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["bench"], ["bench", "switch"], ["info"], ["export-peft"], ["import-peft"], ["bases"], ["generate"], ["train"], ["bench", "generate"], ["bench", "train"], ["eval", "styles"]],
+    [[], ["bench"], ["bench", "switch"], ["info"], ["export-peft"], ["import-peft"], ["bases"], ["generate"], ["train"], ["bench", "generate"], ["bench", "train"], ["bench", "all"], ["eval", "styles"], ["styles"],
+     ["styles", "list"], ["styles", "add"], ["styles", "remove"], ["styles", "build"], ["styles", "recommend"],
+     ["styles", "retrain"]],
     ids=lambda a: " ".join(a) or "shira",
 )
 def test_every_subcommand_has_help(args, capsys):
@@ -43,6 +45,10 @@ def test_every_subcommand_has_help(args, capsys):
         (["info"], "the following arguments are required: adapter"),
         (["info", "missing.safetensors"], "missing.safetensors: no such file"),
         (["import-peft", "x", "y.safetensors"], "give exactly one of --arch or --unet-config"),
+        (["bench", "all", "--device", "cuda:0" if not torch.cuda.is_available() else "tpu"], "--device"),
+        (["bench", "switch", "--dtype", "fp8"], "invalid choice: 'fp8'"),
+        (["styles", "remove", "hatching"], "bundled style"),
+        (["styles", "add", "Bad Name", "x.safetensors", "--base", "toy-sd"], "x.safetensors"),
     ],
 )
 def test_bad_arguments_give_one_line(args, message):
@@ -96,6 +102,15 @@ def test_switch_benchmark_runs_every_contender(mask):
     assert result["diffusers_pipeline_lora_cold_switch_ms"] > 0
     assert "shira-diffusion" in format_switch_table(result)
     json.dumps(result)
+    if mask == "struct":  # slots, the copy floor and a bank of 100 styles
+        for key in ("slot_switch_ms", "slot_mix_two_ms", "slot_mix_four_ms", "floor_single_ms", "held_100_switch_ms"):
+            assert result[key] > 0, key
+        assert result["held_style_mb"] > 0 and "Struct slots" in format_switch_table(result)
+
+
+def test_switch_benchmark_runs_in_bf16():
+    result = bench_switch(arch="tiny", rank=2, repeats=5, log=lambda _: None, unet=make_unet(TINY_SD), dtype="bf16")
+    assert result["dtype"] == "bf16" and result["shira_warm_switch_ms"] > 0 and result["device"].startswith("CPU")
 
 
 def test_generate_uses_a_single_bundled_styles_recommended_guidance_and_weight(tmp_path, monkeypatch, capsys):
