@@ -140,3 +140,48 @@ def test_requests_are_checked_before_any_work():
         _checked([(f"s{i}", 1.0) for i in range(MAX_STYLES + 1)], "a red circle", 0, 20, 1)
     with pytest.raises(ShiraError, match="steps"):
         _checked([], "a red circle", 0, 0, 1)
+
+
+def test_a_zip_with_a_link_or_too_many_files_is_refused(tmp_path, home):
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        info = zipfile.ZipInfo("evil.png")
+        info.external_attr = (0o120777 << 16)  # a symbolic link
+        z.writestr(info, "/etc/passwd")
+    dest = uploads.new_work_folder("jobs") / "data"
+    with pytest.raises(ShiraError, match="is a link"):
+        uploads.training_folder([archive], dest, "caption")
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(2 * uploads.MAX_TRAINING_IMAGES + 1):
+            z.writestr(f"{i}.txt", "x")
+    with pytest.raises(ShiraError, match="at most"):
+        uploads.training_folder([archive], dest, "caption")
+
+
+def test_shira_base_chooses_the_default_base(monkeypatch):
+    from shira_diffusion.app.service import AppService
+
+    monkeypatch.setenv("SHIRA_BASE", "toy-sdxl")
+    service = AppService()
+    assert service.default_base == "toy-sdxl" and "toy-sd" in service.base_choices()
+
+
+def test_gpu_decorator_is_spaces_gpu_where_importable(monkeypatch):
+    from shira_diffusion.app import gpu
+
+    def function():
+        return 1
+
+    monkeypatch.setattr(gpu, "spaces", None)
+    assert gpu.gpu(duration=30)(function) is function
+    calls = []
+
+    class FakeSpaces:
+        @staticmethod
+        def GPU(duration):
+            calls.append(duration)
+            return lambda f: ("on-gpu", f)
+
+    monkeypatch.setattr(gpu, "spaces", FakeSpaces)
+    assert gpu.gpu(duration=30)(function) == ("on-gpu", function) and calls == [30]

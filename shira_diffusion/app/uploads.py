@@ -147,6 +147,8 @@ def unpack_zip(path, dest: Path) -> list[Path]:
             member = _safe_member(info, archive)
             if member is not None and member.suffix.lower() in (*IMAGE_SUFFIXES, ".txt"):
                 members.append((info, member))
+        if len(members) > 2 * MAX_TRAINING_IMAGES:  # images and their captions
+            raise ShiraError(f"{archive}: {len(members)} files; at most {MAX_TRAINING_IMAGES} images with captions")
         if sum(info.file_size for info, _ in members) > MAX_ZIP_BYTES:
             raise ShiraError(f"{archive}: unpacks to more than {MAX_ZIP_BYTES // MB} MB; refused")
         for info, member in members:
