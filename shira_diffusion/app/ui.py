@@ -79,7 +79,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         by_name = records(base)
         return default_guidance([by_name.get(n) for n in chosen], base_name(base)) if chosen else DEFAULT_GUIDANCE
 
-    with gr.Blocks(title="shira-diffusion") as demo:
+    with gr.Blocks(title="shira-diffusion", analytics_enabled=False) as demo:  # offline: no telemetry
         gr.Markdown(HEADER)
         with gr.Row():
             base = gr.Dropdown(service.base_choices(), value=service.default_base, allow_custom_value=True,
