@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..bases import BUNDLED, list_bases, load_pipeline, pipeline_family
+from ..bases import list_bases, load_pipeline, pipeline_family
 from ..catalog import StyleCatalog, StyleRecord, bank_key, default_catalog
 from ..core.bank import StyleBank
 from ..errors import ShiraError
@@ -262,7 +262,3 @@ def _prune(folder: Path, keep: int) -> None:
             old.unlink()
         except OSError:
             pass
-
-
-def bundled_base_names() -> list[str]:
-    return list(BUNDLED)

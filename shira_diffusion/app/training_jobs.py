@@ -9,6 +9,7 @@ Its data, outputs and checkpoints live in ``$SHIRA_HOME/app/jobs/<id>/``.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from .uploads import new_work_folder, training_folder
 
 logger = logging.getLogger(__name__)
 MAX_TRAIN_STEPS = 5000
+KEEP_JOBS = 20  # finished runs remembered (their status), the newest
 
 
 @dataclass
@@ -79,6 +81,8 @@ class TrainingJobs:
                 raise ShiraError(f"style {self.running().name!r} is training; wait for it or stop it first")
             folder = new_work_folder("jobs")
             job = TrainJob(folder.name, name, base, steps, folder)
+            for old in [k for k, j in self.jobs.items() if j.finished][:-KEEP_JOBS]:
+                del self.jobs[old]
             self.jobs[job.id] = job
         try:
             count, own = training_folder(files, folder / "data", caption)
@@ -89,6 +93,7 @@ class TrainingJobs:
             validate(config)
         except Exception as exc:
             job.status, job.message = "failed", str(exc)
+            shutil.rmtree(folder, ignore_errors=True)
             raise ShiraError(str(exc)) if not isinstance(exc, ShiraError) else exc
         job.message = f"{count} images ({own} with their own caption)"
         job.thread = threading.Thread(target=self._run, args=(job, config, description), daemon=True,
@@ -111,6 +116,7 @@ class TrainingJobs:
             record = train(config, callbacks=TrainCallbacks(on_step=job.on_step, stop=job.stop))
             if record.get("stopped"):
                 job.status, job.message = "stopped", f"stopped at step {record['steps']} of {job.total}; nothing saved"
+                shutil.rmtree(job.folder, ignore_errors=True)  # the page offers no resume: drop the checkpoint
                 return
             job.status = "saving"
             entry = {"mask": config.mask, "params": record.get("trainable_params"), "seconds": record.get("seconds"),
@@ -121,6 +127,7 @@ class TrainingJobs:
             make_thumbnail(self.service, job.name, job.base)
             job.status = "done"
             job.message = f"saved {job.name} ({record.get('steps')} steps, {record.get('seconds', 0):.0f} s)"
+            shutil.rmtree(job.folder, ignore_errors=True)  # the catalogue holds copies of the adapter and images
         except Exception as exc:  # a failed run is a message in the page; the app keeps serving
             logger.exception("training %s failed", job.name)
             job.status, job.message = "failed", f"{type(exc).__name__}: {exc}" if not isinstance(exc, ShiraError) else str(exc)
