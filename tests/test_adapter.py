@@ -276,3 +276,47 @@ def test_sdxl_round_trip(sdxl_unet, tmp_path):
     assert not torch.equal(forward(sdxl_unet, unet_inputs(sdxl_unet)), base)
     bank.restore()
     assert torch.equal(forward(sdxl_unet, unet_inputs(sdxl_unet)), base)
+
+
+def test_a_struct_adapter_saved_with_its_mask_described_holds_values_only(tmp_path):
+    """Format version 2: the Struct mask (shared or on a slot) is rebuilt from the header's
+    description; the file is the values alone, as small as a LoRA's at equal parameter count."""
+    import os
+
+    from conftest import make_adapter, make_unet
+
+    unet = make_unet()
+    for slot in (None, 3):
+        adapter = make_adapter(unet, name="d", slot=slot, rank=2, dtype=torch.float16)
+        listed, described = tmp_path / f"listed{slot}.safetensors", tmp_path / f"described{slot}.safetensors"
+        adapter.save(listed)
+        adapter.with_mask_spec(slot).save(described)
+        loaded = SparseAdapter.load(described)
+        assert loaded.mask_spec["slot"] == slot and loaded.mask_spec["rank"] == 2
+        assert all(torch.equal(loaded.indices[n], adapter.indices[n]) for n in adapter.indices)
+        assert all(torch.equal(loaded.values[n], adapter.values[n]) for n in adapter.indices)
+        assert os.path.getsize(described) < 0.5 * os.path.getsize(listed)
+    rand = make_adapter(unet, name="r", mask="rand")
+    assert rand.with_mask_spec(None).mask_spec is None  # not a Struct mask: indices stay listed
+    wrong_slot = make_adapter(unet, name="w", slot=1, rank=2)
+    assert wrong_slot.with_mask_spec(2).mask_spec is None
+
+
+def test_a_described_mask_that_does_not_fit_is_refused(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from conftest import make_adapter, make_unet
+
+    path = tmp_path / "d.safetensors"
+    make_adapter(make_unet(), name="d").with_mask_spec(None).save(path)
+    with safe_open(str(path), "pt") as handle:
+        meta, tensors = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+    for spec, message in [({"strategy": "rand"}, "struct mask"), ({"strategy": "struct", "slot": "x", "rank": 2},
+                                                                     "slot 'x'"),
+                          ({"strategy": "struct", "slot": None, "rank": 9}, "values")]:
+        save_file(tensors, str(path), metadata={**meta, "mask_spec": json.dumps(spec)})
+        with pytest.raises(AdapterFileError, match=message):
+            SparseAdapter.load(path)

@@ -58,3 +58,11 @@ def test_a_style_trained_again_keeps_its_slot_and_none_means_the_shared_mask(hom
 def test_bad_slots_are_refused(bad, message):
     with pytest.raises(ShiraError, match=message):
         validate(TrainConfig(train_data_dir="d", output="o.safetensors", **bad))
+
+
+def test_a_trained_struct_adapter_describes_its_mask(home, toy_pipeline_folders):
+    out = home / "ink.safetensors"
+    train(TrainConfig(base=toy_pipeline_folders["sd"], train_data_dir=_style(home / "ink", "hatching", 0),
+                      output=str(out), trigger="inkx", train_batch_size=2, max_train_steps=1, progress=False))
+    adapter = SparseAdapter.load(out)
+    assert adapter.mask_spec == {"strategy": "struct", "slot": 0, "rank": 2}

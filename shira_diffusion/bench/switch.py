@@ -168,6 +168,11 @@ def bench_switch(
         path = os.path.join(tmp, "style.safetensors")
         ad_a.save(path)
         result["shira_file_mb"] = round(os.path.getsize(path) / 2**20, 2)
+        if mask == DEFAULT_MASK:  # the same adapter with its mask described, not listed (format version 2)
+            described = os.path.join(tmp, "described.safetensors")
+            SparseAdapter(indices=ad_a.indices, values=ad_a.values, shapes=ad_a.shapes, base_arch=family,
+                          mask=mask, name="a").with_mask_spec(None).save(described)
+            result["shira_described_file_mb"] = round(os.path.getsize(described) / 2**20, 2)
         # Cold: a new adapter file into a bank already serving this base (mix B fused).
         cold = []
         for i in range(repeats):

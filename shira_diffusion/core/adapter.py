@@ -29,6 +29,10 @@ from ..errors import AdapterFileError, ArchitectureMismatchError, OutputExistsEr
 
 FORMAT_NAME = "shira-diffusion/sparse-adapter"
 FORMAT_VERSION = 1
+# Version 2: a Struct adapter stores its mask as a description (``mask_spec``: strategy, slot,
+# entries per tensor) instead of its indices, which are rebuilt on load: the file holds values
+# only, no larger than a LoRA's at equal parameter count. Files with indices stay version 1.
+SPEC_FORMAT_VERSION = 2
 INDICES_SUFFIX = ".shira_indices"
 VALUES_SUFFIX = ".shira_values"
 VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -53,6 +57,9 @@ class SparseAdapter:
     name: str | None = None
     description: str = ""
     recipe: dict = field(default_factory=dict)
+    # {"strategy": "struct", "slot": int | None, "sizes": {tensor: entries}}: the mask rebuilt from
+    # the shapes alone. Set (and checked against the indices) by ``with_mask_spec``.
+    mask_spec: dict | None = None
 
     def __post_init__(self):
         self.shapes = {k: tuple(int(d) for d in v) for k, v in self.shapes.items()}
@@ -143,6 +150,27 @@ class SparseAdapter:
         header.name = name or self.name
         return header
 
+    def with_mask_spec(self, slot: int | None = None) -> "SparseAdapter":
+        """This adapter, saved with its Struct mask described rather than listed (format version 2),
+        if its indices are exactly the Struct mask (on ``slot``) of each tensor's size; else unchanged."""
+        from .masks import matrix_shape
+
+        sizes = {n: int(len(i)) for n, i in self.indices.items()}
+        first = next(iter(sizes))
+        rank = sizes[first] // max(1, sum(matrix_shape(self.shapes[first])))
+        if rank >= 1 and all(size == rank * sum(matrix_shape(self.shapes[n])) for n, size in sizes.items()):
+            spec = {"strategy": "struct", "slot": slot, "rank": rank}  # on every tensor the file holds values of
+        else:  # sized by density: each tensor's count
+            spec = {"strategy": "struct", "slot": slot, "sizes": sizes}
+        try:
+            rebuilt = _indices_from_spec(spec, self.shapes, tensors=list(self.indices))
+        except (ShiraError, KeyError):
+            return self
+        if any(not torch.equal(rebuilt[n], self.indices[n].to(torch.int32)) for n in self.indices):
+            return self
+        self.mask_spec = spec
+        return self
+
     def _describe(self) -> dict:
         return dict(
             base_arch=self.base_arch,
@@ -155,9 +183,11 @@ class SparseAdapter:
 
     # ---------------------------------------------------------------- I/O
     def metadata(self) -> dict[str, str]:
+        spec = {"mask_spec": json.dumps(self.mask_spec, sort_keys=True)} if self.mask_spec else {}
         return {
             "format": FORMAT_NAME,
-            "format_version": str(FORMAT_VERSION),
+            "format_version": str(SPEC_FORMAT_VERSION if self.mask_spec else FORMAT_VERSION),
+            **spec,
             "base_arch": self.base_arch,
             "base_fingerprint": self.fingerprint,
             "shapes": json.dumps({k: list(v) for k, v in sorted(self.shapes.items())}),
@@ -176,7 +206,8 @@ class SparseAdapter:
         existing ``path`` with ``OutputExistsError``."""
         tensors = {}
         for name in self.shapes:
-            tensors[name + INDICES_SUFFIX] = self.indices[name].to(torch.int32).contiguous()
+            if not self.mask_spec:  # a described mask is rebuilt on load: no indices stored
+                tensors[name + INDICES_SUFFIX] = self.indices[name].to(torch.int32).contiguous()
             tensors[name + VALUES_SUFFIX] = self.values[name].contiguous()
         metadata = self.metadata()
         write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata), overwrite)
@@ -213,6 +244,12 @@ class SparseAdapter:
         _check_shapes_field(path, shapes)
         indices = {k[: -len(INDICES_SUFFIX)]: v for k, v in tensors.items() if k.endswith(INDICES_SUFFIX)}
         values = {k[: -len(VALUES_SUFFIX)]: v for k, v in tensors.items() if k.endswith(VALUES_SUFFIX)}
+        spec = None
+        if meta.get("format_version") == str(SPEC_FORMAT_VERSION):
+            spec = _header_json(path, meta, "mask_spec", "null")
+            if indices:
+                raise AdapterFileError(f"{path}: a version-2 file describes its mask; it may not also list indices")
+            indices = _indices_from_spec(spec, {k: tuple(v) for k, v in shapes.items()}, path, tensors=list(values))
         adapter = cls.__new__(cls)
         adapter.indices, adapter.values = indices, values
         adapter.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
@@ -222,6 +259,7 @@ class SparseAdapter:
         adapter.name = meta.get("name") or os.path.splitext(os.path.basename(path))[0]
         adapter.description = meta.get("description", "")
         adapter.recipe = recipe
+        adapter.mask_spec = spec
         if validate:
             adapter.validate(source=path)
         if meta.get("base_fingerprint") and meta["base_fingerprint"] != adapter.fingerprint:
@@ -245,9 +283,10 @@ def _check_header(path: str, meta: Mapping[str, str]) -> None:
         hint = "" if found is None else f" (format {found!r})"
         raise AdapterFileError(f"{path}: not a shira-diffusion adapter{hint}; header has no format {FORMAT_NAME!r}")
     version = meta.get("format_version", "")
-    if version != str(FORMAT_VERSION):
+    if version not in (str(FORMAT_VERSION), str(SPEC_FORMAT_VERSION)):
         raise AdapterFileError(
-            f"{path}: unknown format_version {version!r}; this shira-diffusion reads version {FORMAT_VERSION}"
+            f"{path}: unknown format_version {version!r}; this shira-diffusion reads versions "
+            f"{FORMAT_VERSION} and {SPEC_FORMAT_VERSION}"
         )
     if "shapes" not in meta:
         raise AdapterFileError(f"{path}: header lacks the 'shapes' entry")
@@ -344,6 +383,34 @@ def check_writable_folder(folder: str | os.PathLike, label: str = "") -> None:
         os.unlink(_create_temporary(existing, "shira-write-check"))
     except OSError as exc:
         raise ShiraError(f"{label}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+def _indices_from_spec(spec, shapes: Mapping[str, tuple], path: str = "adapter",
+                       tensors: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """The int32 indices a ``mask_spec`` describes: per-tensor ``sizes``, or a ``rank`` (r * (rows +
+    cols) entries) on each of ``tensors`` (those the file holds values of)."""
+    from .masks import struct_mask, struct_slot_mask
+
+    from .masks import matrix_shape
+
+    if not isinstance(spec, dict) or spec.get("strategy") != "struct":
+        raise AdapterFileError(f"{path}: header field 'mask_spec' must describe a struct mask")
+    if type(spec.get("rank")) is int and tensors is not None:  # r * (rows + cols) each
+        if missing := [n for n in tensors if n not in shapes]:
+            raise AdapterFileError(f"{path}: tensor {missing[0]!r} has values but no shape")
+        spec = {**spec, "sizes": {n: spec["rank"] * sum(matrix_shape(shapes[n])) for n in tensors}}
+    if not isinstance(spec.get("sizes"), dict):
+        raise AdapterFileError(f"{path}: header field 'mask_spec' must give a rank and tensors, or per-tensor sizes")
+    slot = spec.get("slot")
+    if slot is not None and not isinstance(slot, int):
+        raise AdapterFileError(f"{path}: header field 'mask_spec' has slot {slot!r}, expected an integer or null")
+    indices = {}
+    for name, size in spec["sizes"].items():
+        if name not in shapes or type(size) is not int or not 0 < size <= math.prod(shapes[name]):
+            raise AdapterFileError(f"{path}: header field 'mask_spec' sizes tensor {name!r} as {size!r}")
+        mask = struct_mask(shapes[name], size) if slot is None else struct_slot_mask(shapes[name], size, slot)
+        indices[name] = mask.to(torch.int32)
+    return indices
 
 
 def _check_keys(path: str, keys: list[str]) -> None:

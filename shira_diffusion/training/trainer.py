@@ -493,6 +493,8 @@ class StyleTrainer:
                 model.sync(force=True)  # force: an EMA copy above is invisible to change tracking
                 adapter = model.adapter(dtype=_DTYPES[config.save_dtype], mask=config.mask, trigger=self.trigger,
                                         name=name, description=config.description, recipe=recipe)
+                if config.mask == "struct":  # the mask described, not listed: a file the size of a LoRA's
+                    adapter = adapter.with_mask_spec(self.mask_slot)
                 with atomic_path(config.output) as temporary:
                     adapter.save(temporary)
             else:
