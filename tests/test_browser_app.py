@@ -1,6 +1,6 @@
 """The page in a real browser (Chromium driven by Playwright): choose two styles in the gallery,
 move a weight slider, generate, see the image and the switch time; switch to another style and see
-a new image. Takes a screenshot of the page after the first image: with
+a new image; drop the first PNG back on the page and see its recipe fill the controls. Takes a screenshot of the page after the first image: with
 ``SHIRA_UPDATE_SCREENSHOTS=1`` it replaces ``assets/app/create.png`` (README shows it), otherwise it
 goes to the test's temporary folder, so a test run leaves the checkout clean.
 
@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -105,5 +106,15 @@ def test_choose_mix_generate_and_switch_in_a_browser(url, tmp_path):
             page.wait_for_function(f"document.querySelector('#images img') && "
                                    f"document.querySelector('#images img').src !== {first!r}", timeout=30_000)
             assert re.search(r"hatching [0-9.]+ \+ night [0-9.]+ ", page.inner_text("#images"))
+
+            # the first image's PNG, dropped on the page, brings its recipe back (pastel at 0.6, seed 0)
+            png = unquote(first.split("file=", 1)[1])
+            page.locator("#seed input").fill("7")
+            page.locator("#recipe-drop input[type=file]").set_input_files(png)
+            page.wait_for_function("document.querySelector('#status').innerText.includes('Recipe loaded')",
+                                   timeout=60_000)
+            assert page.locator("#seed input").input_value() == "0"
+            assert "pastel weight" in page.inner_text("#weight-1")
+            assert page.locator("#weight-1 input[type=number]").input_value() == "0.6"
         finally:
             browser.close()
