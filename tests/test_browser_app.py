@@ -1,8 +1,9 @@
 """The page in a real browser (Chromium driven by Playwright): choose two styles in the gallery,
 move a weight slider, generate, see the image and the switch time; switch to another style and see
-a new image; drop the first PNG back on the page and see its recipe fill the controls. Takes a screenshot of the page after the first image: with
-``SHIRA_UPDATE_SCREENSHOTS=1`` it replaces ``assets/app/create.png`` (README shows it), otherwise it
-goes to the test's temporary folder, so a test run leaves the checkout clean.
+a new image; drop the first PNG back on the page and see its recipe fill the controls. A screenshot
+of the page after the first image: with ``SHIRA_UPDATE_SCREENSHOTS=1`` it replaces
+``assets/app/create.png`` (README shows it), otherwise it goes to the test's temporary folder, so a
+test run leaves the checkout clean.
 
 Needs Debian's Chromium (``apt-get install chromium``) and ``pip install playwright``; ``.ci/run``
 installs both. Where either is missing the test is skipped with the reason; under CI (``CI`` set in
