@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bases import list_bases, load_pipeline, pipeline_family
-from ..catalog import StyleCatalog, StyleRecord, bank_key, default_catalog
+from ..catalog import StyleCatalog, StyleRecord, bank_key, base_label, default_catalog
 from ..core.bank import StyleBank
 from ..errors import ShiraError
 from ..generate import DEFAULT_GUIDANCE, check_weight, generate
@@ -37,8 +37,9 @@ KEEP_OUTPUTS = 256  # generated PNGs kept on disk (the newest)
 
 
 def base_name(spec: str) -> str:
-    """The name the catalogue files a base's adapters under: what ``shira generate`` uses."""
-    return os.path.basename(os.path.normpath(str(spec)))
+    """The name the catalogue files a base's adapters under (``catalog.base_label``: a bundled name,
+    a folder's name, a Hub id with ``--``)."""
+    return base_label(spec)
 
 
 @dataclass
