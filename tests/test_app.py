@@ -2,6 +2,7 @@
 (sizes, kinds, safe zips), and the service's request checks. Fast: no pipeline is loaded."""
 
 import importlib.util
+import os
 import zipfile
 from pathlib import Path
 
@@ -185,3 +186,106 @@ def test_gpu_decorator_is_spaces_gpu_where_importable(monkeypatch):
 
     monkeypatch.setattr(gpu, "spaces", FakeSpaces)
     assert gpu.gpu(duration=30)(function) == ("on-gpu", function) and calls == [30]
+
+
+# ---------------------------------------------------------------- the mix panel (Create tab)
+def _fusion_result(base, pairs, lora=None, conflicting=()):
+    """A small stored ``eval_fusion`` result: {method: {"a+b": {a: retention, b: retention}}}."""
+    methods = {method: {"pairs": {pair: {"retention": retention, "content": 0.9} for pair, retention in rows.items()}}
+               for method, rows in pairs.items()}
+    return {"base": base, "prompts": 40, "weight": 1.0, "guidance_scale": 5.0,
+            "conflicting": [list(p) for p in conflicting], "methods": methods}
+
+
+@pytest.fixture
+def tiny_mix(tmp_path, sd_unet, monkeypatch):
+    """A catalogue of three styles on base "tiny": ink and wash on Struct slots 0 and 1 (format 2,
+    mask described), mist on the shared Struct mask (indices listed); a fusion folder of its own."""
+    from shira_diffusion.catalog import StyleCatalog
+
+    catalog = StyleCatalog(tmp_path / "bundled", tmp_path / "user")
+    for i, (name, slot) in enumerate([("ink", 0), ("wash", 1), ("mist", None)]):
+        adapter = make_adapter(sd_unet, name, seed=i, rank=1, **({} if slot is None else {"slot": slot}))
+        if slot is not None:
+            adapter.recipe["mask_slot"] = slot
+            adapter.with_mask_spec(slot)
+            assert adapter.mask_spec["slot"] == slot
+        adapter.save(tmp_path / f"{name}.safetensors")
+        catalog.add(name, tmp_path / f"{name}.safetensors", "tiny")
+    fusion = tmp_path / "fusion"
+    fusion.mkdir()
+    monkeypatch.setenv("SHIRA_FUSION_DIR", str(fusion))
+    return catalog, fusion
+
+
+def test_mix_panel_reads_stored_retention_for_the_matching_method(tiny_mix):
+    import json
+
+    from shira_diffusion.app.mix_panel import WeightSpaceCache, mix_report
+
+    catalog, fusion = tiny_mix
+    (fusion / "fusion-tiny.json").write_text(json.dumps(_fusion_result(
+        "tiny", {"shira-slots": {"ink+wash": {"ink": 0.94, "wash": 0.81}},
+                 "shira-shared": {"ink+wash": {"ink": 0.10, "wash": 0.10}},  # not these adapters' method
+                 "lora": {"wash+ink": {"ink": 0.71, "wash": 0.5}}})))
+    cache, steps = WeightSpaceCache(), []
+    report = mix_report("tiny", ["ink", "wash"], [0.8, 1.0], catalog=catalog, cache=cache,
+                        progress=lambda fraction, text: steps.append((fraction, text)))
+    assert "**ink** keeps 94 % of its strength in this mix; as LoRAs 71 %" in report.text
+    assert "**wash** keeps 81 % of its strength in this mix; as LoRAs 50 %" in report.text
+    assert "measured on 40 prompts, weight 1 each (your sliders: ink 0.8, wash 1)" in report.text
+    assert "**ink** and **wash** overlap on 0 % of their entries (they share no weight); AWOR 0.9" in report.text
+    pair = report.data["pairs"]["ink+wash"]
+    assert pair["method"] == "shira-slots" and pair["slots"] == [0, 1] and pair["status"] == "measured"
+    assert pair["weight_space"]["jaccard"] == 0.0 and 0.9 < pair["weight_space"]["awor"] < 1.0  # rows still meet
+    assert pair["retention"] == {"ink": 0.94, "wash": 0.81} and pair["lora_retention"] == {"ink": 0.71, "wash": 0.5}
+    assert Image.open(report.image).size[0] > 300 and steps[0][0] == 0.0 and steps[-1][0] == 1.0
+
+    # a second look is answered from the cache; a changed file is measured again
+    assert cache.measured == 1
+    again = mix_report("tiny", ["wash", "ink"], catalog=catalog, cache=cache)
+    assert cache.measured == 1 and again.data["pairs"]["wash+ink"]["weight_space"] == pair["weight_space"]
+    path = catalog.resolve_adapter("ink", "tiny")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    mix_report("tiny", ["ink", "wash"], catalog=catalog, cache=cache)
+    assert cache.measured == 2
+
+
+def test_mix_panel_on_a_shared_mask_a_mixed_pair_and_one_style(tiny_mix):
+    import json
+
+    from shira_diffusion.app.mix_panel import NOTHING_TO_MIX, WeightSpaceCache, mix_report
+
+    catalog, fusion = tiny_mix
+    cache = WeightSpaceCache()
+    report = mix_report("tiny", ["ink", "mist", "wash"], catalog=catalog, cache=cache)
+    assert "Not measured yet for this base; `shira eval fusion --base tiny --json` measures it" in report.text
+    assert report.data["pairs"]["ink+mist"]["method"] is None and cache.measured == 3
+    assert report.data["pairs"]["ink+mist"]["status"] == "not measured"
+
+    (fusion / "fusion-tiny.json").write_text(json.dumps(_fusion_result(
+        "tiny", {"shira-slots": {"ink+wash": {"ink": 0.9, "wash": 0.8}}}, conflicting=[("mist", "wash")])))
+    report = mix_report("tiny", ["ink", "mist", "wash"], [1, 1, 1], catalog=catalog, cache=cache)
+    assert cache.measured == 3  # every pair from the cache
+    assert "**ink** keeps 90 % of its strength mixed with wash." in report.text
+    assert "**ink** + **mist**: no stored method mixes adapters like these" in report.text
+    assert "**mist** + **wash**: not measured: their looks erase each other" in report.text
+    assert "your sliders" not in report.text
+
+    for styles in ([], ["ink"], ["ink", "ink"]):
+        one = mix_report("tiny", styles, catalog=catalog, cache=cache)
+        assert one.text == NOTHING_TO_MIX and one.image is None
+    with pytest.raises(ShiraError, match="no style 'nope'"):
+        mix_report("tiny", ["ink", "nope"], catalog=catalog, cache=cache)
+    with pytest.raises(ShiraError, match="at most"):
+        mix_report("tiny", ["a", "b", "c", "d", "e"], catalog=catalog, cache=cache)
+
+
+def test_mix_panel_reads_the_repository_fusion_folder_by_default(monkeypatch):
+    from shira_diffusion.app import mix_panel
+
+    monkeypatch.delenv("SHIRA_FUSION_DIR", raising=False)
+    assert mix_panel.fusion_dir() == ROOT / "assets" / "fusion"
+    assert mix_panel.stored_path("toy-sd") == ROOT / "assets" / "fusion" / "fusion-toy-sd.json"
+    assert mix_panel.mix_method(None, None) == "shira-shared" and mix_panel.mix_method(0, 3) == "shira-slots"
+    assert mix_panel.mix_method(None, 2) is None

@@ -217,3 +217,37 @@ def test_a_training_run_can_be_stopped(client, served):
     assert "Stopping **stopped-ink**" in client.predict("", api_name="/cancel_training")
     assert "stopped at step" in job.result()[1]
     assert "stopped-ink" not in served.shira_service.catalog()
+
+
+def test_the_mix_panel_through_the_api(client, served, tmp_path, monkeypatch):
+    import json
+    import time
+
+    monkeypatch.setenv("SHIRA_FUSION_DIR", str(tmp_path))  # the served app reads it at each request
+    pair = "hatching+pastel"
+    stored = {"base": "toy-sd", "prompts": 40, "weight": 1.0, "conflicting": [["pastel", "night"]],
+              "methods": {"shira-shared": {"pairs": {pair: {"retention": {"hatching": 0.94, "pastel": 0.88}}}},
+                          "lora": {"pairs": {pair: {"retention": {"hatching": 0.61, "pastel": 0.9}}}}}}
+    (tmp_path / "fusion-toy-sd.json").write_text(json.dumps(stored))
+    weights = [1.0] * MAX_STYLES
+
+    text, image, data = client.predict("toy-sd", ["hatching", "pastel"], *weights, api_name="/mix_report")
+    assert "**hatching** keeps 94 % of its strength in this mix; as LoRAs 61 %" in text
+    assert "**hatching** and **pastel** overlap on 100 % of their entries (one shared mask" in text
+    assert data["pairs"]["hatching+pastel"]["method"] == "shira-shared" and Image.open(image).size[0] > 300
+    measured = served.shira_service.mix_cache.measured
+
+    start = time.perf_counter()
+    again = client.predict("toy-sd", ["pastel", "hatching"], *weights, api_name="/mix_report")
+    assert time.perf_counter() - start < 5 and served.shira_service.mix_cache.measured == measured  # from the cache
+    assert again[2]["pairs"]["pastel+hatching"]["weight_space"] == data["pairs"]["hatching+pastel"]["weight_space"]
+
+    text = client.predict("toy-sd", ["pastel", "night"], *weights, api_name="/mix_report")[0]
+    assert "their looks erase each other" in text
+    text, image, _ = client.predict("toy-sd", ["hatching"], *weights, api_name="/mix_report")
+    assert "Nothing to mix" in text and image is None
+    (tmp_path / "fusion-toy-sd.json").unlink()
+    text = client.predict("toy-sd", ["hatching", "pastel"], *weights, api_name="/mix_report")[0]
+    assert "Not measured yet for this base; `shira eval fusion --base toy-sd --json` measures it" in text
+    with pytest.raises(Exception, match="no style 'nope'"):
+        client.predict("toy-sd", ["hatching", "nope"], *weights, api_name="/mix_report")

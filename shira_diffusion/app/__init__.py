@@ -3,7 +3,8 @@
 Modules: ``service`` (one pipeline and one StyleBank per loaded base, shared by every visitor),
 ``ui`` (the ``gr.Blocks``: Create, Train, Styles), ``train_tab`` and ``training_jobs`` (background
 training), ``styles_view`` (gallery cards, inspector, the user's styles), ``uploads`` (limits,
-sanitised names, safe zips), ``recipe_png`` (a PNG's recipe), ``gpu`` (``spaces.GPU`` on ZeroGPU).
+sanitised names, safe zips), ``recipe_png`` (a PNG's recipe), ``mix_panel`` (what a mix does to each
+style: weight-space overlap measured on demand, stored retention), ``gpu`` (``spaces.GPU`` on ZeroGPU).
 """
 
 from __future__ import annotations

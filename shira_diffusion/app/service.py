@@ -24,6 +24,7 @@ from ..core.bank import StyleBank
 from ..errors import ShiraError
 from ..generate import DEFAULT_GUIDANCE, check_weight, generate
 from . import gpu
+from .mix_panel import WeightSpaceCache
 from .recipe_png import make_recipe, save_png
 from .uploads import app_home
 
@@ -73,6 +74,7 @@ class AppService:
         self._bases: OrderedDict[str, LoadedBase] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self.mix_cache = WeightSpaceCache()  # the mix panel's weight-space figures, per pair of files
         _SERVICES[id(self)] = self
 
     # ------------------------------------------------------------------ bases

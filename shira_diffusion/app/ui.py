@@ -12,6 +12,7 @@ import gradio as gr
 from ..catalog import BUNDLED_ROOT, user_root
 from ..errors import ShiraError
 from ..generate import DEFAULT_GUIDANCE
+from .mix_panel import NOTHING_TO_MIX, PRESS_MEASURE, mix_report
 from .recipe_png import read_recipe
 from .service import MAX_IMAGES, MAX_SEED, MAX_STEPS, MAX_STYLES, AppService, base_name
 from .styles_view import (TENSOR_COLUMNS, add_user_style, card, default_guidance, default_weight, inspect_adapter,
@@ -121,6 +122,13 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                                     height=260, preview=False, object_fit="contain", elem_id="images", format="png")
                 recipe_file = gr.File(label="Drop a PNG made here: its recipe fills the controls",
                                       file_types=[".png"], type="filepath", height=90, elem_id="recipe-drop")
+                with gr.Accordion("What this mix does", open=True, elem_id="mix-panel"):
+                    measure = gr.Button("Measure this mix", elem_id="measure-mix")
+                    mix_text = gr.Markdown(NOTHING_TO_MIX, elem_id="mix-text")
+                    mix_figure = gr.Image(label="Entry overlap, AWOR and stored retention", type="filepath",
+                                          interactive=False, height=300, elem_id="mix-figure")
+                    with gr.Accordion("The figures (JSON)", open=False):
+                        mix_data = gr.JSON(label="Mix figures")
 
             # ---------------------------------------------------------------- Train
             with gr.Tab("Train", id="train"):
@@ -191,11 +199,15 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                 current = [n for n in current if n != name] if name in current else current + [name]
             return current
 
+        def mix_hint(current):
+            return NOTHING_TO_MIX if len(current) < 2 else PRESS_MEASURE.format(names=" + ".join(current))
+
         def on_chosen(base_value, current, old_names, *weights):
             current = list(current or [])
-            return (*slider_updates(base_value, current, old_names, weights), guidance_for(base_value, current), current)
+            return (*slider_updates(base_value, current, old_names, weights), guidance_for(base_value, current),
+                    current, mix_hint(current), None)
 
-        chosen_outputs = [*sliders, guidance, chosen_state]
+        chosen_outputs = [*sliders, guidance, chosen_state, mix_text, mix_figure]
         gallery.select(toggle, chosen, chosen, api_visibility="private").then(
             on_chosen, [base, chosen, chosen_state, *sliders], chosen_outputs, api_visibility="private")
         chosen.input(on_chosen, [base, chosen, chosen_state, *sliders], chosen_outputs, api_visibility="private")
@@ -224,6 +236,17 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                   [images, status], api_name="generate", concurrency_limit=GENERATE_CONCURRENCY)
         prompt.submit(run_generate, [base, chosen, *sliders, prompt, seed, steps, guidance, count, compare],
                       [images, status], api_visibility="private", concurrency_limit=GENERATE_CONCURRENCY)
+
+        @_user_errors
+        def on_measure(base_value, current, *weights, progress=gr.Progress()):
+            current = list(current or [])
+            report = mix_report(base_value, current, weights[:len(current)], catalog=service.catalog(),
+                                cache=service.mix_cache, progress=lambda fraction, text: progress(fraction, desc=text))
+            return report.text, report.image, report.data
+
+        # its own event, never in generation's: measuring a new pair takes seconds
+        measure.click(on_measure, [base, chosen, *sliders], [mix_text, mix_figure, mix_data], api_name="mix_report",
+                      concurrency_limit=1)
 
         @_user_errors
         def load_recipe(path):
