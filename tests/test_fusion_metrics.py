@@ -97,3 +97,15 @@ def test_ties_keeps_lone_entries_and_resolves_sign_conflicts_by_hand():
     assert merged.indices["w"].tolist() == [0, 1, 2, 5]
     # entry 0: a alone (1); 1: both positive, mean of 2 and 2 (b at 0.5) = 2; 2: -1 vs +1.5: + wins, 1.5; 5: b alone 3.5
     assert merged.values["w"].tolist() == pytest.approx([1.0, 2.0, 1.5, 3.5])
+
+
+def test_deltas_of_a_file_that_describes_its_mask(tmp_path):
+    from conftest import make_adapter, make_unet
+
+    unet = make_unet()
+    a, b = make_adapter(unet, name="a", slot=0, rank=2), make_adapter(unet, name="b", slot=1, rank=2)
+    for adapter in (a, b):
+        adapter.with_mask_spec(adapter.name == "b" and 1 or 0).save(tmp_path / f"{adapter.name}.safetensors")
+    da, db = load_deltas(tmp_path / "a.safetensors"), load_deltas(tmp_path / "b.safetensors")
+    assert da.kind == "shira" and set(da.deltas) == set(a.indices)
+    assert pair_metrics(da, db)["overall"]["jaccard"] == 0.0  # two slots share no entry

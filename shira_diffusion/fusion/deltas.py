@@ -45,7 +45,7 @@ def load_deltas(path: str | os.PathLike, name: str | None = None) -> AdapterDelt
     except Exception as exc:  # safetensors raises several types for a bad file
         raise AdapterFileError(f"{path}: not a readable safetensors file ({exc})") from None
     label = name or os.path.basename(path).split(".")[0]
-    if any(k.endswith(".shira_indices") for k in keys):
+    if any(k.endswith(".shira_values") for k in keys):  # version 2 files describe their mask: no indices
         adapter = SparseAdapter.load(path)
         deltas, supports = {}, {}
         for tensor, indices in adapter.indices.items():
