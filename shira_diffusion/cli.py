@@ -687,6 +687,8 @@ def _add_transfer_parsers(commands, ev_kinds) -> None:
                           "(default: offline word substitution in the target's token-embedding space)")
     transfer.add_argument("--no-filter", dest="filter", action="store_false", help="keep every drawn sample")
     transfer.add_argument("--max-draws", type=_positive_int, help="cap on samples drawn (default 4 x --synthetic)")
+    transfer.add_argument("--calibration", type=_positive_int, help="synthetic samples the discriminator learns "
+                          "against (default 2 x the seed images, at least 10)")
     transfer.add_argument("--steps", type=_positive_int, default=500, help="student training steps (default 500)")
     transfer.add_argument("--rank", type=_positive_int, help="student rank (default: the source LoRA's, else 2)")
     transfer.add_argument("--slot", type=int, help="the student's Struct slot, 0-7 (masks disjoint from other slots)")
@@ -744,6 +746,7 @@ def _cmd_transfer(args) -> None:
     config = TransferConfig(adapter=args.adapter or "", source_base=args.source_base, target_base=args.target_base,
                             seed_data=args.seed_data, out=args.out, kind=args.kind, synthetic=args.synthetic,
                             generator=args.generator, filter=args.filter, max_draws=args.max_draws,
+                            calibration=args.calibration,
                             steps=args.steps, rank=args.rank, slot=args.slot, guidance=args.guidance,
                             sample_steps=args.sample_steps, seed=args.seed, overwrite=args.overwrite)
     if args.adapters:
