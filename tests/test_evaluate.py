@@ -36,8 +36,10 @@ def test_variants_name_distinct_files_and_settings():
     from shira_diffusion.core.masks import DEFAULT_MASK
     from shira_diffusion.bundled.specs import VARIANTS, adapter_path, variant_settings
 
-    assert variant_settings("shira") == {"adapter": "shira", "mask": DEFAULT_MASK}
-    assert variant_settings("shira-rand") == {"adapter": "shira", "mask": "rand"}
+    # The bundled "shira" adapters share one Struct mask; "shira-slot" takes the style's own slot.
+    assert variant_settings("shira") == {"adapter": "shira", "mask": DEFAULT_MASK, "mask_slot": "none"}
+    assert variant_settings("shira-slot") == {"adapter": "shira", "mask": DEFAULT_MASK}
+    assert variant_settings("shira-rand") == {"adapter": "shira", "mask": "rand", "mask_slot": "none"}
     assert variant_settings("lora") == {"adapter": "lora"}
     paths = {adapter_path("night", "toy-sd", v) for v in VARIANTS}
     assert len(paths) == len(VARIANTS)
