@@ -73,18 +73,29 @@ def test_both_formats_read_as_the_same_deltas(lora_files, toy_sd):
     assert not getattr(toy_sd.unet, "peft_config", None)  # the pipeline is left without the LoRA
 
 
-def test_convert_keeps_the_largest_entries(lora_files, toy_sd):
+@pytest.fixture(scope="module")
+def converted(lora_files, toy_sd, tmp_path_factory):
+    conversion = convert_lora(lora_files[0], toy_sd)
+    path = tmp_path_factory.mktemp("converted") / "tiny.shira.safetensors"
+    conversion.adapter.save(path)
+    return conversion, str(path)
+
+
+def test_convert_keeps_the_largest_entries(lora_files, toy_sd, converted):
     peft_path, _, _ = lora_files
-    deltas = lora_deltas(toy_sd, peft_path)
-    equal = convert_lora(peft_path, toy_sd)
+    equal, _ = converted
     assert equal.params == equal.lora_params  # by default the LoRA's own parameter count
     assert 0 < equal.relative_error < 1 and equal.adapter.mask == "lora-topk" and equal.adapter.trigger == "qqq"
-    denser = convert_lora(peft_path, toy_sd, density=0.5)
+    assert equal.report["energy_kept"] == pytest.approx(1 - equal.relative_error ** 2, abs=1e-4)
     full = convert_lora(peft_path, toy_sd, density=1.0)
-    assert full.relative_error < 1e-6 < denser.relative_error < equal.relative_error
-    name = next(iter(deltas))
-    assert torch.allclose(full.adapter.delta(name).float(), deltas[name].reshape(full.adapter.shapes[name]),
-                          atol=1e-2)
+    assert full.relative_error < 1e-6
+    deltas = lora_deltas(toy_sd, peft_path)
+    for name in list(deltas)[:3]:
+        assert torch.allclose(full.adapter.delta(name).float(), deltas[name].reshape(full.adapter.shapes[name]),
+                              atol=1e-2)
+        kept = equal.adapter.delta(name).float().flatten().abs()
+        dropped = deltas[name].flatten().abs()[kept == 0]
+        assert dropped.max() <= kept.max()  # what was left out is never larger than what was kept
     indices, values = topk_sparse(torch.tensor([[0.1, -3.0], [2.0, 0.5]]), 2)
     assert indices.tolist() == [1, 2] and values.tolist() == [-3.0, 2.0]
 
@@ -106,17 +117,14 @@ def test_convert_command_from_each_format(lora_files, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
-def test_a_bundled_lora_strength_before_and_after(tmp_path, toy_sd):
-    from shira_diffusion.bundled.specs import adapter_path
+def test_strength_before_and_after(lora_files, toy_sd, converted):
     from shira_diffusion.transfer.convert import strength_before_after
 
-    lora = str(adapter_path("hatching", "toy-sd", "lora"))
-    out = str(tmp_path / "h.safetensors")
-    convert_lora(lora, toy_sd).adapter.save(out)
-    strength = strength_before_after(toy_sd, lora, out, "hatching", "vrt", prompts=1, steps=2)
+    strength = strength_before_after(toy_sd, lora_files[0], converted[1], "hatching", "qqq", prompts=1, steps=1)
     assert strength["look"] == "hatching" and strength["prompts"] == 1
     assert {"lora", "shira", "lora_content", "shira_content"} <= set(strength)
     assert not getattr(toy_sd.unet, "peft_config", None)  # both taken off again
+    assert dict(toy_sd.unet.named_parameters()).keys() >= converted[0].adapter.shapes.keys()
 
 
 def test_convert_errors(lora_files, tmp_path, capsys):
