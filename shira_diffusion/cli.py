@@ -694,6 +694,7 @@ def _add_transfer_parsers(commands, ev_kinds) -> None:
     transfer.add_argument("--slot", type=int, help="the student's Struct slot, 0-7 (masks disjoint from other slots)")
     transfer.add_argument("--guidance", type=_guidance_scale, default=5.0)
     transfer.add_argument("--sample-steps", type=_positive_int, default=20, help="teacher denoising steps")
+    transfer.add_argument("--report-images", type=int, default=4, help="columns of OUT.transfer.png (0: none)")
     transfer.add_argument("--seed", type=int, default=0)
     transfer.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
@@ -746,7 +747,7 @@ def _cmd_transfer(args) -> None:
     config = TransferConfig(adapter=args.adapter or "", source_base=args.source_base, target_base=args.target_base,
                             seed_data=args.seed_data, out=args.out, kind=args.kind, synthetic=args.synthetic,
                             generator=args.generator, filter=args.filter, max_draws=args.max_draws,
-                            calibration=args.calibration,
+                            calibration=args.calibration, report_images=args.report_images,
                             steps=args.steps, rank=args.rank, slot=args.slot, guidance=args.guidance,
                             sample_steps=args.sample_steps, seed=args.seed, overwrite=args.overwrite)
     if args.adapters:

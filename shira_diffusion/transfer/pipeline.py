@@ -80,6 +80,8 @@ def check_config(config: TransferConfig) -> None:
         raise ShiraError(f"--out must be a .safetensors file, got {config.out!r}")
     if config.kind is not None and config.kind not in KINDS:
         raise ShiraError(f"--as must be one of {', '.join(KINDS)}, got {config.kind!r}")
+    if not isinstance(config.report_images, int) or config.report_images < 0:
+        raise ShiraError(f"--report-images must be an integer >= 0, got {config.report_images!r}")
     for name in ("synthetic", "steps", "sample_steps", "batch_size"):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -321,12 +323,14 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None) -> d
         generator = load_generator(str(generator))
     started = time.time()
     timings = {}
+    # The bases load and the adapter is checked against its base before the progress bar starts,
+    # so that a mismatch is one line.
+    source_pipe = source_pipe or load_pipeline(config.source_base)
+    check_source(info, source_pipe, str(config.source_base))
+    target_pipe = target_pipe or load_pipeline(config.target_base)
     bar = tqdm(total=1 + calibration + config.synthetic + config.steps + 3 * config.report_images,
                desc=f"transfer {info.name}", disable=not config.progress)
     try:
-        source_pipe = source_pipe or load_pipeline(config.source_base)
-        check_source(info, source_pipe, str(config.source_base))
-        target_pipe = target_pipe or load_pipeline(config.target_base)
         for pipe in (source_pipe, target_pipe):
             pipe.set_progress_bar_config(disable=True)
         size = source_pipe.unet.config.sample_size * source_pipe.vae_scale_factor
