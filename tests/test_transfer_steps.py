@@ -163,3 +163,24 @@ def test_transfer_folder_takes_its_share_and_skips_done_ones(tmp_path, monkeypat
     (folder / "d.safetensors").write_bytes(b"x")
     with pytest.raises(ShiraError, match="no seed folder"):
         folder_adapters(str(folder))
+
+
+@pytest.mark.parametrize("args", [["transfer"], ["convert"], ["eval", "transfer"]], ids=" ".join)
+def test_commands_have_help(args, capsys):
+    from shira_diffusion.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--help"])
+    assert exit_info.value.code == 0 and "usage: shira" in capsys.readouterr().out
+
+
+def test_bad_flags_are_one_line(capsys):
+    from shira_diffusion.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["transfer", "--adapter", "a.safetensors", "--from", "toy-sd", "--to", "toy-sdxl", "--out", "o.safetensors",
+              "--as", "dora"])
+    assert exit_info.value.code == 2 and "invalid choice: 'dora'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert", "x.safetensors", "--base", "toy-sd", "--out", "o.safetensors", "--rank", "2", "--density", "0.1"])
+    assert "not allowed with argument" in capsys.readouterr().err
