@@ -413,14 +413,17 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None) -> d
                                              "family": unet_family(source_pipe.unet), "trigger": info.trigger},
             "target": {"base": str(config.target_base), "family": unet_family(target_pipe.unet), "kind": kind,
                        "rank": rank, "slot": config.slot, "out": config.out},
-            "seed_images": len(seeds), "generator": config.generator or "neighbour substitution (offline)",
+            "seed_images": len(seeds),
+            "generator": config.generator if isinstance(config.generator, (str, os.PathLike)) else
+            "a causal LM given in memory" if config.generator is not None else "neighbour substitution (offline)",
             "filter": {"enabled": config.filter, "calibration": calibration, "max_draws": max_draws,
                        **result.summary()},
             "prompts_sample": candidate_prompts[:8],
             "kept_prompts": [candidate_prompts[i] for i in result.kept],
             "student": {k: record.get(k) for k in ("steps", "seconds", "final_loss", "trainable_params", "file_mb",
                                                    "trigger")},
-            "settings": {k: v for k, v in dataclasses.asdict(config).items() if k != "seed_data"},
+            "settings": {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                         if f.name not in ("seed_data", "generator")},
             "timings": {**timings, "total_s": round(time.time() - started, 1)},
             "files": {k: v for k, v in paths.items() if k != "sheet" or config.report_images},
         }
