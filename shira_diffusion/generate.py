@@ -230,3 +230,13 @@ def applied_adapter(pipe, bank: StyleBank, path, kind: str, weight: float = 1.0)
             yield
         finally:
             pipe.delete_adapters("evaluated")
+            drop_empty_lora_layers(pipe)
+
+
+def drop_empty_lora_layers(pipe) -> None:
+    """After the last LoRA is deleted, diffusers leaves PEFT's wrapper layers in the UNet (its
+    parameters renamed ``....base_layer.weight``), which a ``StyleBank`` on the same pipeline cannot
+    address: unload them when no adapter is left."""
+    adapters = pipe.get_list_adapters() if hasattr(pipe, "get_list_adapters") else {}
+    if not any(adapters.values()):
+        pipe.unload_lora_weights()

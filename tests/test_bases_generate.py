@@ -135,3 +135,18 @@ def test_generate_command_single_and_batch(base_folders, tmp_path):
     assert missing.returncode == 1 and "not in the local" in missing.stderr and "Traceback" not in missing.stderr
     listing = run_cli("bases")
     assert listing.returncode == 0 and "toy-sd" in listing.stdout
+
+
+def test_a_lora_used_and_removed_leaves_the_unet_plain_for_a_style_bank():
+    from shira_diffusion.catalog import BUNDLED_ROOT
+    from shira_diffusion.core.bank import StyleBank
+    from shira_diffusion.generate import applied_adapter
+
+    pipe = load_pipeline("toy-sd")
+    names = [n for n, _ in pipe.unet.named_parameters()]
+    with applied_adapter(pipe, None, BUNDLED_ROOT / "night" / "night.toy-sd.lora.safetensors", "lora"):
+        pass
+    assert [n for n, _ in pipe.unet.named_parameters()] == names  # no PEFT wrapper left behind
+    bank = StyleBank(pipe.unet)
+    bank.apply({bank.load(BUNDLED_ROOT / "night" / "night.toy-sd.safetensors"): 1.0})
+    bank.restore()

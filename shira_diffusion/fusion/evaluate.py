@@ -28,7 +28,7 @@ from ..catalog import default_catalog
 from ..core.adapter import SparseAdapter
 from ..core.bank import StyleBank
 from ..errors import ShiraError
-from ..generate import generate_batched, with_triggers
+from ..generate import drop_empty_lora_layers, generate_batched, with_triggers
 from ..metrics import concept_retention, content_scores, style_strength
 from ..toy.looks import CONFLICTS, apply_looks
 from ..toy.prompts import held_out_prompts
@@ -103,6 +103,7 @@ class _Mixer:
     def close(self) -> None:
         if self.method == "lora" and self.loaded:
             self.pipe.delete_adapters(sorted(self.loaded))
+            drop_empty_lora_layers(self.pipe)
         elif self.bank is not None:
             self.bank.restore()
 
