@@ -23,13 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import safe_open
 
 from ..catalog import BUNDLED_ROOT, StyleCatalog, base_label, default_catalog
-from ..core.adapter import SparseAdapter
-from ..core.masks import matrix_shape
-from ..errors import AdapterFileError, ShiraError
+from ..errors import ShiraError
 from ..fusion.deltas import AdapterDeltas, load_deltas
 from ..fusion.heatmap import pairwise_matrix, save_heatmaps
 from ..fusion.weight_metrics import pair_metrics
@@ -102,19 +99,8 @@ def mix_method(slot_a: int | None, slot_b: int | None) -> str | None:
 
 
 def adapter_deltas(path: str | os.PathLike, name: str) -> AdapterDeltas:
-    """``fusion.deltas.load_deltas``, and for a format-2 file (its Struct mask described, no indices
-    stored, which ``load_deltas`` does not read yet) the same deltas from ``SparseAdapter.load``."""
-    try:
-        return load_deltas(path, name=name)
-    except AdapterFileError:
-        adapter = SparseAdapter.load(path)  # a file that is not an adapter at all says so here
-    deltas, supports = {}, {}
-    for tensor, indices in adapter.indices.items():
-        rows, cols = matrix_shape(adapter.shapes[tensor])
-        dense = torch.zeros(rows * cols)
-        dense[indices.long()] = adapter.values[tensor].float()
-        deltas[tensor], supports[tensor] = dense.view(rows, cols), indices.long()
-    return AdapterDeltas(name, "shira", deltas, supports)
+    """An adapter file's deltas (``fusion.deltas.load_deltas``: listed or described masks alike)."""
+    return load_deltas(path, name=name)
 
 
 def _stamp(path: Path) -> tuple[str, int]:
