@@ -9,7 +9,7 @@ The core objects:
 from .core.adapter import SparseAdapter
 from .core.architecture import TARGET_PRESETS, target_weights, unet_family
 from .core.bank import StyleBank
-from .errors import AdapterFileError, ArchitectureMismatchError, ShiraError
+from .errors import AdapterFileError, ArchitectureMismatchError, OutputExistsError, ShiraError
 from .core.masks import DEFAULT_MASK, MASK_STRATEGIES, build_masks, calibration_gradients, mask_size
 from .core.peft_shira import export_peft_shira, import_peft_shira
 
@@ -20,6 +20,7 @@ __all__ = [
     "ArchitectureMismatchError",
     "DEFAULT_MASK",
     "MASK_STRATEGIES",
+    "OutputExistsError",
     "ShiraError",
     "SparseAdapter",
     "StyleBank",
