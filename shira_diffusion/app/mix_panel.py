@@ -30,7 +30,7 @@ from ..errors import ShiraError
 from ..fusion.deltas import AdapterDeltas, load_deltas
 from ..fusion.heatmap import pairwise_matrix, save_heatmaps
 from ..fusion.weight_metrics import pair_metrics
-from .uploads import app_home
+from .uploads import app_home, prune_oldest_pngs
 
 FUSION_DIR_VARIABLE = "SHIRA_FUSION_DIR"
 DEFAULT_FUSION_DIR = BUNDLED_ROOT.parent / "assets" / "fusion"
@@ -302,10 +302,5 @@ def _figure(label: str, names: list[str], files: dict[str, Path], data: dict) ->
     temporary = folder / f".{path.name}.{threading.get_ident()}.png"
     save_heatmaps(names, panels, str(temporary), title=f"{label}: {' + '.join(names)}")
     os.replace(temporary, path)
-    figures = sorted((p for p in folder.glob("*.png") if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
-    for old in figures[:-KEEP_FIGURES]:
-        try:
-            old.unlink()
-        except OSError:
-            pass
+    prune_oldest_pngs(folder, KEEP_FIGURES)
     return str(path)

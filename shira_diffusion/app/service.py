@@ -16,7 +16,6 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..bases import list_bases, load_pipeline, pipeline_family
 from ..catalog import StyleCatalog, StyleRecord, bank_key, base_label, default_catalog
@@ -26,7 +25,7 @@ from ..generate import DEFAULT_GUIDANCE, check_weight, generate
 from . import gpu
 from .mix_panel import WeightSpaceCache
 from .recipe_png import make_recipe, save_png
-from .uploads import app_home
+from .uploads import app_home, prune_oldest_pngs
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +225,7 @@ class AppService:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{uuid.uuid4().hex[:16]}.png"
         save_png(image, path, recipe)
-        _prune(folder, KEEP_OUTPUTS)
+        prune_oldest_pngs(folder, KEEP_OUTPUTS)
         return str(path)
 
 
@@ -257,11 +256,3 @@ def _checked(styles, prompt, seed, steps, count):
         raise ShiraError(f"images per request: 1 to {MAX_IMAGES}")
     return styles, prompt, seed, steps, count
 
-
-def _prune(folder: Path, keep: int) -> None:
-    files = sorted(folder.glob("*.png"), key=lambda p: p.stat().st_mtime)
-    for old in files[:-keep] if len(files) > keep else []:
-        try:
-            old.unlink()
-        except OSError:
-            pass

@@ -39,6 +39,17 @@ def app_home() -> Path:
     return shira_home() / "app"
 
 
+def prune_oldest_pngs(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest PNGs the app wrote in ``folder`` (temporary ``.``-files
+    aside); one already gone, or in use elsewhere, is left to the next call."""
+    files = sorted((p for p in folder.glob("*.png") if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+    for old in files[:-keep] if len(files) > keep else []:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
 def new_work_folder(kind: str) -> Path:
     """A fresh folder ``$SHIRA_HOME/app/<kind>/<random id>``."""
     folder = app_home() / kind / uuid.uuid4().hex[:12]

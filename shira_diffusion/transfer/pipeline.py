@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..bases import BUNDLED, load_pipeline, resolve
@@ -30,7 +29,7 @@ from ..core.adapter import SparseAdapter, check_output_file
 from ..core.architecture import unet_family
 from ..core.bank import StyleBank
 from ..errors import ArchitectureMismatchError, ShiraError
-from ..generate import applied_adapter, check_guidance, with_triggers
+from ..generate import applied_adapter, check_guidance, generate_batched, with_triggers
 from .discriminator import fit_discriminator, image_features, mmd_rbf
 from .lora import AdapterFile, check_lora, read_adapter_file
 from .prompts import synthetic_prompts
@@ -143,40 +142,18 @@ def check_source(info: AdapterFile, pipe, base_label: str) -> None:
 def source_applied(pipe, info: AdapterFile, weight: float = 1.0):
     """An adapter on ``pipe`` inside the block: SHiRA fused through a bank, LoRA loaded through
     diffusers (any format it reads) and taken out again afterwards, PEFT layers included, so that
-    the UNet's parameters keep their names for what comes next."""
-    if info.kind == "shira":
-        with applied_adapter(pipe, StyleBank(pipe.unet), info.path, "shira", weight):
-            yield
-        return
-    had_peft = bool(getattr(pipe.unet, "peft_config", None))
-    name = "shira-transfer-applied"
-    pipe.load_lora_weights(info.path, adapter_name=name)
-    try:
-        if weight != 1.0:
-            pipe.set_adapters([name], [weight])
+    the UNet's parameters keep their names for what comes next (``generate.applied_adapter``)."""
+    bank = StyleBank(pipe.unet) if info.kind == "shira" else None
+    with applied_adapter(pipe, bank, info.path, info.kind, weight):
         yield
-    finally:
-        if had_peft:
-            pipe.delete_adapters(name)
-        else:
-            pipe.unload_lora_weights()
 
 
 def teacher_images(pipe, prompts: list[str], trigger: str | None, *, seeds: list[int], steps: int = 20,
                    guidance: float = 5.0, batch_size: int = 8) -> list[np.ndarray]:
     """Step 2: the teacher's images (the adapter must already be applied): prompt i with seed ``seeds[i]``
     (one generator per image, as ``generate_batched``), the trigger appended; RGB uint8 arrays."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     prompts = [with_triggers(p, [trigger or ""]) for p in prompts]
-    images = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            generators = [torch.Generator().manual_seed(s) for s in seeds[start:start + len(chunk)]]
-            out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-                       generator=generators, output_type="np")
-            images.extend((out.images * 255).round().astype(np.uint8))
-    return images
+    return generate_batched(pipe, prompts, steps, guidance, batch_size=batch_size, seeds=seeds)
 
 
 @dataclass
