@@ -61,6 +61,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
 def _density(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
@@ -187,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev_fusion.add_argument("--prompts", type=_positive_int, default=40, help="reserved prompts per pair (default 40)")
     ev_fusion.add_argument("--steps", type=_positive_int, default=20)
     ev_fusion.add_argument("--guidance", type=float, default=5.0)
+    ev_fusion.add_argument("--triples", type=_non_negative_int, default=0, metavar="N",
+                           help="also every compatible triple, on the first N prompts (default 0: pairs only)")
+    ev_fusion.add_argument("--out", help="save the result (JSON) after each method; a rerun with the same "
+                           "settings skips the methods already in it")
     ev_fusion.add_argument("--plot", help="write a heatmap PNG of each method's pairwise retention")
     ev_fusion.add_argument("--json", action="store_true")
 
@@ -520,7 +531,7 @@ def _cmd_eval(args) -> None:
         from .fusion.evaluate import METHODS, eval_fusion, format_fusion_table
 
         result = eval_fusion(args.base, args.styles, args.methods or METHODS, count=args.prompts, steps=args.steps,
-                             guidance_scale=args.guidance, progress=lambda t: print(t, file=sys.stderr, flush=True))
+                             guidance_scale=args.guidance, triples=args.triples, out=args.out, progress=lambda t: print(t, file=sys.stderr, flush=True))
         print(format_fusion_table(result))
         if args.plot:
             from .fusion.heatmap import retention_panels, save_heatmaps

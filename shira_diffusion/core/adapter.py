@@ -389,9 +389,7 @@ def _indices_from_spec(spec, shapes: Mapping[str, tuple], path: str = "adapter",
                        tensors: list[str] | None = None) -> dict[str, torch.Tensor]:
     """The int32 indices a ``mask_spec`` describes: per-tensor ``sizes``, or a ``rank`` (r * (rows +
     cols) entries) on each of ``tensors`` (those the file holds values of)."""
-    from .masks import struct_mask, struct_slot_mask
-
-    from .masks import matrix_shape
+    from .masks import described_struct_indices, matrix_shape
 
     if not isinstance(spec, dict) or spec.get("strategy") != "struct":
         raise AdapterFileError(f"{path}: header field 'mask_spec' must describe a struct mask")
@@ -408,8 +406,7 @@ def _indices_from_spec(spec, shapes: Mapping[str, tuple], path: str = "adapter",
     for name, size in spec["sizes"].items():
         if name not in shapes or type(size) is not int or not 0 < size <= math.prod(shapes[name]):
             raise AdapterFileError(f"{path}: header field 'mask_spec' sizes tensor {name!r} as {size!r}")
-        mask = struct_mask(shapes[name], size) if slot is None else struct_slot_mask(shapes[name], size, slot)
-        indices[name] = mask.to(torch.int32)
+        indices[name] = described_struct_indices(tuple(shapes[name]), size, slot)
     return indices
 
 

@@ -42,7 +42,12 @@ class _MaskGroup:
     def __init__(self, indices: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]):
         self.names = sorted(indices)
         self.indices = {name: indices[name].to(torch.int32) for name in self.names}
-        self.plans = {name: ScatterPlan(indices[name]) for name in self.names}
+        # Tensors whose indices are one shared tensor (a described mask repeats per shape) share a plan.
+        plans_by_id: dict[int, ScatterPlan] = {}
+        for name in self.names:
+            if id(indices[name]) not in plans_by_id:
+                plans_by_id[id(indices[name])] = ScatterPlan(indices[name])
+        self.plans = {name: plans_by_id[id(indices[name])] for name in self.names}
         self.spans: dict[str, tuple[int, int]] = {}
         start = 0
         for name in self.names:

@@ -22,6 +22,7 @@ so SHiRA and LoRA can be compared at equal parameter count (PEFT's ShiraConfig d
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 
@@ -132,6 +133,15 @@ def struct_slot_mask(shape: Iterable[int], size: int, slot: int, slots: int = SL
     if len(chosen) < size:
         raise ShiraError(f"a slot mask of {size} entries does not fit a {rows}x{cols} weight; lower the rank")
     return chosen.sort().values
+
+
+@functools.lru_cache(maxsize=256)
+def described_struct_indices(shape: tuple, size: int, slot: int | None) -> torch.Tensor:
+    """The int32 indices a described Struct mask stands for, computed once per (shape, size, slot)
+    in a process: a UNet repeats a dozen shapes over its 100+ adapted tensors, and every style on a
+    base repeats them all. The tensor is shared: treat it as read-only."""
+    mask = struct_mask(shape, size) if slot is None else struct_slot_mask(shape, size, slot)
+    return mask.to(torch.int32)
 
 
 def _first_unique(ordered: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,8 @@ A method whose files are missing for a style is skipped for the pairs it is in (
 from __future__ import annotations
 
 import itertools
+import json
+import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
@@ -43,8 +45,17 @@ def style_pairs(styles: Sequence[str]) -> tuple[list[tuple[str, str]], list[tupl
     """(pairs to measure, pairs whose looks erase each other)."""
     measured, conflicting = [], []
     for a, b in itertools.combinations(styles, 2):
-        (conflicting if frozenset((STYLES[a].look, STYLES[b].look)) in CONFLICTS else measured).append((a, b))
+        (conflicting if _conflict(a, b) else measured).append((a, b))
     return measured, conflicting
+
+
+def style_triples(styles: Sequence[str]) -> list[tuple[str, str, str]]:
+    """Triples with no pair whose looks erase each other."""
+    return [t for t in itertools.combinations(styles, 3) if not any(_conflict(a, b) for a, b in itertools.combinations(t, 2))]
+
+
+def _conflict(a: str, b: str) -> bool:
+    return frozenset((STYLES[a].look, STYLES[b].look)) in CONFLICTS
 
 
 def rendered_ceiling(a: str, b: str, count: int, seed: int = 11) -> dict:
@@ -108,61 +119,118 @@ class _Mixer:
             self.bank.restore()
 
 
+def _settings(result: dict) -> dict:
+    return {k: result.get(k) for k in ("base", "styles", "prompts", "triple_prompts", "steps", "guidance_scale", "weight")}
+
+
+def _load_finished(path: str | None, result: dict) -> dict:
+    """Methods already measured with these settings in ``path`` (a resumed run skips them)."""
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ShiraError(f"{path}: not a readable fusion result ({exc}); remove it or choose another --out") from None
+    if not isinstance(stored, dict) or _settings(stored) != _settings(result):
+        raise ShiraError(f"{path} holds a fusion run with other settings; remove it or choose another --out")
+    return stored.get("methods", {})
+
+
+def _save(path: str | None, result: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(tmp, path)  # a run stopped mid-write leaves the previous file whole
+
+
+def _mix_row(images, expected, members: Sequence[str], alone: dict[str, float]) -> dict:
+    looks = [STYLES[s].look for s in members]
+    strengths = {s: style_strength(images, STYLES[s].look) for s in members}
+    return {"strength": strengths, "alone": {s: alone[s] for s in members},
+            "retention": {s: concept_retention(strengths[s], alone[s]) for s in members},
+            "content": content_scores(images, expected, looks=looks)["all"]}
+
+
+def _summary(rows: dict) -> dict:
+    retained = [r for row in rows.values() for r in row["retention"].values()]
+    return {"mean_retention": float(np.mean(retained)) if retained else None,
+            "min_retention": float(np.min(retained)) if retained else None,
+            "mean_content": float(np.mean([row["content"] for row in rows.values()])) if rows else None}
+
+
 def eval_fusion(base: str, styles: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
                 count: int = 40, steps: int = 20, guidance_scale: float = 5.0, weight: float = 1.0,
+                triples: int = 0, out: str | None = None,
                 progress: Callable[[str], None] | None = None) -> dict:
-    """Retention of each member and content of the mix, for every compatible pair and method."""
+    """Retention of each member and content of the mix, for every compatible pair and method; with
+    ``triples`` > 0, also every compatible triple, on the first ``triples`` prompts. With ``out``,
+    the result is saved after each method and a rerun with the same settings skips finished methods."""
     styles = list(styles or STYLES)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ShiraError(f"unknown fusion method {unknown[0]!r} (methods: {', '.join(METHODS)})")
+    if not 0 <= triples <= count:
+        raise ShiraError(f"prompts per triple must be in [0, {count}] (the pairs' prompts), got {triples}")
     pairs, conflicting = style_pairs(styles)
+    trios = style_triples(styles) if triples else []
     expected = held_out_prompts(count)
     prompts = [e["prompt"] for e in expected]
     seeds = list(range(count))
-    pipe = load_pipeline(base)
-    pipe.set_progress_bar_config(disable=True)
     say = progress or (lambda text: None)
-    result = {"base": base, "prompts": count, "steps": steps, "guidance_scale": guidance_scale, "weight": weight,
+    result = {"base": base, "styles": styles, "prompts": count, "triple_prompts": triples, "steps": steps,
+              "guidance_scale": guidance_scale, "weight": weight,
               "conflicting": [list(p) for p in conflicting], "ceiling": {}, "methods": {}}
     for a, b in pairs:
         result["ceiling"][f"{a}+{b}"] = rendered_ceiling(a, b, count)
-    for method in methods:
+    finished = _load_finished(out, result)
+    todo = [m for m in methods if m not in finished]
+    result["methods"].update({m: finished[m] for m in methods if m in finished})
+    if finished:
+        say(f"{out}: {', '.join(m for m in methods if m in finished)} already measured, skipped")
+    if not todo:
+        return result
+    pipe = load_pipeline(base)
+    pipe.set_progress_bar_config(disable=True)
+    alone_images: dict[tuple[str, str], list] = {}  # (variant, style) -> images: shira-shared and ties share them
+    for method in todo:
         mixer = _Mixer(pipe, base, method, styles)
-        rows, alone = {}, {}
+        rows, trio_rows, alone = {}, {}, {}
         try:
             if mixer.missing:
                 say(f"{method}: no {VARIANT_OF[method]} adapter on {base} for {', '.join(mixer.missing)}; "
-                    "their pairs are skipped")
+                    "their mixes are skipped")
             for style in [s for s in styles if s not in mixer.missing]:
-                say(f"{method}: {style} alone")
-                triggered = [with_triggers(p, [STYLES[style].trigger]) for p in prompts]
-                with mixer.use({style: weight}):
-                    images = generate_batched(pipe, triggered, steps, guidance_scale, seeds=seeds)
-                alone[style] = style_strength(images, STYLES[style].look)
-            for a, b in pairs:
-                if a in mixer.missing or b in mixer.missing:
+                key = (VARIANT_OF[method], style)
+                if key not in alone_images:
+                    say(f"{method}: {style} alone")
+                    triggered = [with_triggers(p, [STYLES[style].trigger]) for p in prompts]
+                    with mixer.use({style: weight}):
+                        alone_images[key] = generate_batched(pipe, triggered, steps, guidance_scale, seeds=seeds)
+                alone[style] = style_strength(alone_images[key], STYLES[style].look)
+            mixes = [(pair, count) for pair in pairs] + [(trio, triples) for trio in trios]
+            for members, n in mixes:
+                if any(s in mixer.missing for s in members):
                     continue
-                say(f"{method}: {a} + {b}")
-                triggered = [with_triggers(p, [STYLES[a].trigger, STYLES[b].trigger]) for p in prompts]
-                with mixer.use({a: weight, b: weight}):
-                    images = generate_batched(pipe, triggered, steps, guidance_scale, seeds=seeds)
-                looks = [STYLES[a].look, STYLES[b].look]
-                strengths = {s: style_strength(images, STYLES[s].look) for s in (a, b)}
-                rows[f"{a}+{b}"] = {
-                    "strength": strengths, "alone": {s: alone[s] for s in (a, b)},
-                    "retention": {s: concept_retention(strengths[s], alone[s]) for s in (a, b)},
-                    "content": content_scores(images, expected, looks=looks)["all"],
-                }
+                say(f"{method}: {' + '.join(members)}")
+                triggered = [with_triggers(p, [STYLES[s].trigger for s in members]) for p in prompts[:n]]
+                with mixer.use({s: weight for s in members}):
+                    images = generate_batched(pipe, triggered, steps, guidance_scale, seeds=seeds[:n])
+                if len(members) == 2:
+                    rows["+".join(members)] = _mix_row(images, expected[:n], members, alone)
+                else:  # alone over the same first n prompts and seeds
+                    subset = {s: style_strength(alone_images[(VARIANT_OF[method], s)][:n], STYLES[s].look)
+                              for s in members}
+                    trio_rows["+".join(members)] = _mix_row(images, expected[:n], members, subset)
         finally:
             mixer.close()
-        retained = [r for row in rows.values() for r in row["retention"].values()]
-        result["methods"][method] = {
-            "alone": alone, "pairs": rows,
-            "mean_retention": float(np.mean(retained)) if retained else None,
-            "min_retention": float(np.min(retained)) if retained else None,
-            "mean_content": float(np.mean([row["content"] for row in rows.values()])) if rows else None,
-        }
+        result["methods"][method] = {"alone": alone, "pairs": rows, **_summary(rows)}
+        if trios:
+            result["methods"][method]["triples"] = trio_rows
+            result["methods"][method]["triple_summary"] = _summary(trio_rows)
+        _save(out, result)
     return result
 
 
@@ -190,4 +258,19 @@ def format_fusion_table(result: dict) -> str:
     lines.append("; ".join(summary))
     if result["conflicting"]:
         lines.append("not measured (looks erase each other): " + ", ".join("+".join(p) for p in result["conflicting"]))
+    with_triples = [m for m in methods if result["methods"][m].get("triples")]
+    if with_triples:
+        lines += ["", f"triples: retention of each member (content), first {result.get('triple_prompts')} prompts",
+                  "| triple | " + " | ".join(with_triples) + " |", "| --- | " + " | ".join("---" for _ in with_triples) + " |"]
+        trios = sorted({t for m in with_triples for t in result["methods"][m]["triples"]})
+        for trio in trios:
+            cells = []
+            for method in with_triples:
+                row = result["methods"][method]["triples"].get(trio)
+                cells.append("-" if row is None else " / ".join(f"{row['retention'][s]:.2f}" for s in trio.split("+"))
+                             + f" ({row['content']:.0%})")
+            lines.append(f"| {trio} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("; ".join(f"{m}: mean {result['methods'][m]['triple_summary']['mean_retention']:.2f}, min "
+                               f"{result['methods'][m]['triple_summary']['min_retention']:.2f}" for m in with_triples))
     return "\n".join(lines)
