@@ -26,7 +26,7 @@ import torch
 from ..core.adapter import SparseAdapter
 from ..core.architecture import random_full_size_unet, target_weights, unet_family
 from ..core.bank import StyleBank
-from ..core.masks import DEFAULT_MASK, build_masks, matrix_shape
+from ..core.masks import DEFAULT_MASK, build_masks, described_struct_indices, matrix_shape
 from ..errors import ShiraError
 from .timing import describe_device, median_ms, resolve_device, resolve_dtype, timed
 
@@ -188,6 +188,14 @@ def bench_switch(
             cold_first.append(_timed(lambda: fresh.apply({fresh.load(path): 1.0})))
             fresh.restore()
         result["shira_cold_first_ms"] = _median_ms(cold_first)
+        if mask == DEFAULT_MASK:  # the file as training writes it: the mask rebuilt from its description
+            cold_described = []
+            for _ in range(repeats):
+                described_struct_indices.cache_clear()  # each repeat a first load, as in a new process
+                fresh = StyleBank(unet)
+                cold_described.append(_timed(lambda: fresh.apply({fresh.load(described): 1.0})))
+                fresh.restore()
+            result["shira_cold_first_described_ms"] = _median_ms(cold_described)
     del bank, fresh
     if mask == DEFAULT_MASK:
         result.update(_slot_and_scale_rows(unet, weights, family, rank, density, repeats, ad_a, log))
@@ -373,6 +381,8 @@ def format_switch_table(r: dict) -> str:
         f"(pipeline API {r['cold_speedup_vs_diffusers_pipeline_lora']}x); "
         f"mix of two {r['shira_mix_switch_ms']:.1f} ms, restore {r['shira_restore_ms']:.1f} ms, "
         f"cold into an empty bank {r['shira_cold_first_ms']:.1f} ms"
+        + (f" ({r['shira_cold_first_described_ms']:.1f} ms with the mask described)"
+           if "shira_cold_first_described_ms" in r else "")
     )
     if "slot_switch_ms" in r:
         lines.append(
