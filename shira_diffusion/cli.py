@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev_fusion.add_argument("--guidance", type=float, default=5.0)
     ev_fusion.add_argument("--triples", type=_non_negative_int, default=0, metavar="N",
                            help="also every compatible triple, on the first N prompts (default 0: pairs only)")
+    ev_fusion.add_argument("--measure", choices=["look", "features"], default="look",
+                           help="style strength: the toy looks' own measures (default), or label-free: nearer the "
+                           "style's training images than the base's plain images in the VAE's feature space")
     ev_fusion.add_argument("--out", help="save the result (JSON) after each method; a rerun with the same "
                            "settings skips the methods already in it")
     ev_fusion.add_argument("--plot", help="write a heatmap PNG of each method's pairwise retention")
@@ -531,7 +534,8 @@ def _cmd_eval(args) -> None:
         from .fusion.evaluate import METHODS, eval_fusion, format_fusion_table
 
         result = eval_fusion(args.base, args.styles, args.methods or METHODS, count=args.prompts, steps=args.steps,
-                             guidance_scale=args.guidance, triples=args.triples, out=args.out, progress=lambda t: print(t, file=sys.stderr, flush=True))
+                             guidance_scale=args.guidance, triples=args.triples, out=args.out,
+                             measure=args.measure, progress=lambda t: print(t, file=sys.stderr, flush=True))
         print(format_fusion_table(result))
         if args.plot:
             from .fusion.heatmap import retention_panels, save_heatmaps
@@ -700,6 +704,9 @@ def _add_transfer_parsers(commands, ev_kinds) -> None:
     transfer.add_argument("--max-draws", type=_positive_int, help="cap on samples drawn (default 4 x --synthetic)")
     transfer.add_argument("--calibration", type=_positive_int, help="synthetic samples the discriminator learns "
                           "against (default 2 x the seed images, at least 10)")
+    transfer.add_argument("--ignore-discriminator", dest="stored_discriminator", action="store_false",
+                          help="fit the discriminator on the seed images even where one is stored beside the adapter "
+                          "(ADAPTER.discriminator.json, from shira train --discriminator)")
     transfer.add_argument("--steps", type=_positive_int, default=500, help="student training steps (default 500)")
     transfer.add_argument("--rank", type=_positive_int, help="student rank (default: the source LoRA's, else 2)")
     transfer.add_argument("--slot", type=int, help="the student's Struct slot, 0-7 (masks disjoint from other slots)")
@@ -759,6 +766,7 @@ def _cmd_transfer(args) -> None:
                             seed_data=args.seed_data, out=args.out, kind=args.kind, synthetic=args.synthetic,
                             generator=args.generator, filter=args.filter, max_draws=args.max_draws,
                             calibration=args.calibration, report_images=args.report_images,
+                            stored_discriminator=args.stored_discriminator,
                             steps=args.steps, rank=args.rank, slot=args.slot, guidance=args.guidance,
                             sample_steps=args.sample_steps, seed=args.seed, overwrite=args.overwrite)
     if args.adapters:

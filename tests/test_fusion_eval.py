@@ -51,3 +51,14 @@ def test_pairs_triples_and_resume(tmp_path, monkeypatch):
 def test_bad_triple_count():
     with pytest.raises(ShiraError, match="prompts per triple"):
         eval_fusion("toy-sd", THREE, ["shira-shared"], count=2, triples=3)
+
+
+def test_label_free_measure_in_eval_fusion():
+    """The feature measure needs no look: it compares with each style's own training images."""
+    result = eval_fusion("toy-sd", ["frame", "outline"], ["shira-shared"], count=2, steps=2, measure="features")
+    m = result["methods"]["shira-shared"]
+    assert result["measure"] == "features"
+    assert set(m["alone"]) == {"frame", "outline"} and all(0.0 <= v <= 1.0 for v in m["alone"].values())
+    assert list(m["pairs"]) == ["frame+outline"]
+    with pytest.raises(ShiraError, match="unknown style measure"):
+        eval_fusion("toy-sd", THREE, ["shira-shared"], count=2, measure="clipscore")

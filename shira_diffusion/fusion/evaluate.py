@@ -32,12 +32,15 @@ from ..core.bank import StyleBank
 from ..errors import ShiraError
 from ..generate import drop_empty_lora_layers, generate_batched, with_triggers
 from ..metrics import concept_retention, content_scores, style_strength
+from .measures import FeatureMeasure, LookMeasure, vae_encoder
 from ..toy.looks import CONFLICTS, apply_looks
 from ..toy.prompts import held_out_prompts
 from ..toy.world import render, sample_scene
 from .ties import ties_merge
 
 METHODS = ("shira-shared", "shira-slots", "ties", "lora")
+MEASURES = ("look", "features")
+FEATURE_REFERENCES = 24  # training images per style the feature measure takes as its style references
 VARIANT_OF = {"shira-shared": "shira", "shira-slots": "shira-slot", "ties": "shira", "lora": "lora"}
 
 
@@ -119,8 +122,27 @@ class _Mixer:
             self.bank.restore()
 
 
+def _measures(pipe, styles, measure: str, prompts, steps, guidance_scale, seeds, say) -> dict:
+    """A strength measure per style: its look's, or label-free features against its own images."""
+    if measure == "look":
+        return {s: LookMeasure(STYLES[s].look) for s in styles}
+    from ..training import load_training_data
+
+    say("base alone (the feature measure's plain references)")
+    plain = generate_batched(pipe, prompts, steps, guidance_scale, seeds=seeds)
+    encode = vae_encoder(pipe.vae)
+    catalog = default_catalog()
+    out = {}
+    for style in styles:
+        record = catalog.get(style)
+        data = load_training_data(str(record.folder / (record.images or "images")))
+        out[style] = FeatureMeasure(encode, [np.asarray(im.convert("RGB")) for im in data.images[:FEATURE_REFERENCES]],
+                                    plain)
+    return out
+
+
 def _settings(result: dict) -> dict:
-    return {k: result.get(k) for k in ("base", "styles", "prompts", "triple_prompts", "steps", "guidance_scale", "weight")}
+    return {k: result.get(k) for k in ("base", "styles", "measure", "prompts", "triple_prompts", "steps", "guidance_scale", "weight")}
 
 
 def _load_finished(path: str | None, result: dict) -> dict:
@@ -132,6 +154,8 @@ def _load_finished(path: str | None, result: dict) -> dict:
             stored = json.load(f)
     except (OSError, ValueError) as exc:
         raise ShiraError(f"{path}: not a readable fusion result ({exc}); remove it or choose another --out") from None
+    if isinstance(stored, dict):
+        stored.setdefault("measure", "look")  # files from before the measure was a setting
     if not isinstance(stored, dict) or _settings(stored) != _settings(result):
         raise ShiraError(f"{path} holds a fusion run with other settings; remove it or choose another --out")
     return stored.get("methods", {})
@@ -146,9 +170,9 @@ def _save(path: str | None, result: dict) -> None:
         os.replace(tmp, path)  # a run stopped mid-write leaves the previous file whole
 
 
-def _mix_row(images, expected, members: Sequence[str], alone: dict[str, float]) -> dict:
+def _mix_row(images, expected, members: Sequence[str], alone: dict[str, float], measures: dict) -> dict:
     looks = [STYLES[s].look for s in members]
-    strengths = {s: style_strength(images, STYLES[s].look) for s in members}
+    strengths = {s: measures[s].strength(images) for s in members}
     return {"strength": strengths, "alone": {s: alone[s] for s in members},
             "retention": {s: concept_retention(strengths[s], alone[s]) for s in members},
             "content": content_scores(images, expected, looks=looks)["all"]}
@@ -163,15 +187,19 @@ def _summary(rows: dict) -> dict:
 
 def eval_fusion(base: str, styles: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
                 count: int = 40, steps: int = 20, guidance_scale: float = 5.0, weight: float = 1.0,
-                triples: int = 0, out: str | None = None,
+                triples: int = 0, out: str | None = None, measure: str = "look",
                 progress: Callable[[str], None] | None = None) -> dict:
     """Retention of each member and content of the mix, for every compatible pair and method; with
     ``triples`` > 0, also every compatible triple, on the first ``triples`` prompts. With ``out``,
-    the result is saved after each method and a rerun with the same settings skips finished methods."""
+    the result is saved after each method and a rerun with the same settings skips finished methods.
+    ``measure``: ``look`` (the toy looks' own measures) or ``features`` (label-free, ``measures.py``:
+    nearer the style's training images than the base's plain images, in the VAE's feature space)."""
     styles = list(styles or STYLES)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ShiraError(f"unknown fusion method {unknown[0]!r} (methods: {', '.join(METHODS)})")
+    if measure not in MEASURES:
+        raise ShiraError(f"unknown style measure {measure!r} (measures: {', '.join(MEASURES)})")
     if not 0 <= triples <= count:
         raise ShiraError(f"prompts per triple must be in [0, {count}] (the pairs' prompts), got {triples}")
     pairs, conflicting = style_pairs(styles)
@@ -180,7 +208,7 @@ def eval_fusion(base: str, styles: Sequence[str] | None = None, methods: Sequenc
     prompts = [e["prompt"] for e in expected]
     seeds = list(range(count))
     say = progress or (lambda text: None)
-    result = {"base": base, "styles": styles, "prompts": count, "triple_prompts": triples, "steps": steps,
+    result = {"base": base, "styles": styles, "measure": measure, "prompts": count, "triple_prompts": triples, "steps": steps,
               "guidance_scale": guidance_scale, "weight": weight,
               "conflicting": [list(p) for p in conflicting], "ceiling": {}, "methods": {}}
     for a, b in pairs:
@@ -194,6 +222,7 @@ def eval_fusion(base: str, styles: Sequence[str] | None = None, methods: Sequenc
         return result
     pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)
+    measures = _measures(pipe, styles, measure, prompts, steps, guidance_scale, seeds, say)
     alone_images: dict[tuple[str, str], list] = {}  # (variant, style) -> images: shira-shared and ties share them
     for method in todo:
         mixer = _Mixer(pipe, base, method, styles)
@@ -209,7 +238,7 @@ def eval_fusion(base: str, styles: Sequence[str] | None = None, methods: Sequenc
                     triggered = [with_triggers(p, [STYLES[style].trigger]) for p in prompts]
                     with mixer.use({style: weight}):
                         alone_images[key] = generate_batched(pipe, triggered, steps, guidance_scale, seeds=seeds)
-                alone[style] = style_strength(alone_images[key], STYLES[style].look)
+                alone[style] = measures[style].strength(alone_images[key])
             mixes = [(pair, count) for pair in pairs] + [(trio, triples) for trio in trios]
             for members, n in mixes:
                 if any(s in mixer.missing for s in members):
@@ -219,11 +248,10 @@ def eval_fusion(base: str, styles: Sequence[str] | None = None, methods: Sequenc
                 with mixer.use({s: weight for s in members}):
                     images = generate_batched(pipe, triggered, steps, guidance_scale, seeds=seeds[:n])
                 if len(members) == 2:
-                    rows["+".join(members)] = _mix_row(images, expected[:n], members, alone)
+                    rows["+".join(members)] = _mix_row(images, expected[:n], members, alone, measures)
                 else:  # alone over the same first n prompts and seeds
-                    subset = {s: style_strength(alone_images[(VARIANT_OF[method], s)][:n], STYLES[s].look)
-                              for s in members}
-                    trio_rows["+".join(members)] = _mix_row(images, expected[:n], members, subset)
+                    subset = {s: measures[s].strength(alone_images[(VARIANT_OF[method], s)][:n]) for s in members}
+                    trio_rows["+".join(members)] = _mix_row(images, expected[:n], members, subset, measures)
         finally:
             mixer.close()
         result["methods"][method] = {"alone": alone, "pairs": rows, **_summary(rows)}
