@@ -746,7 +746,15 @@ def _add_transfer_parsers(commands, ev_kinds) -> None:
     )
     ev_transfer.add_argument("--style", action="append", dest="styles", help="default: every bundled style")
     ev_transfer.add_argument("--out", default="transfer-eval", help="folder for adapters and results")
+    ev_transfer.add_argument("--from", dest="source", default="toy-sd", choices=["toy-sd", "toy-sdxl"],
+                             help="the base the bundled source adapters are on (default toy-sd)")
+    ev_transfer.add_argument("--to", dest="target", default="toy-sdxl", choices=["toy-sd", "toy-sdxl"],
+                             help="the base the students are trained on (default toy-sdxl)")
     ev_transfer.add_argument("--variant", choices=["shira", "lora"], default="shira", help="the source adapter")
+    ev_transfer.add_argument("--as", dest="kind", choices=["shira", "lora"],
+                             help="the students' kind (default: the source's)")
+    ev_transfer.add_argument("--row", action="append", dest="rows", choices=["transfer", "no-filter", "seeds-only"],
+                             help="which adapters per style (default: all three)")
     ev_transfer.add_argument("--steps", type=_positive_int, default=300, help="student training steps")
     ev_transfer.add_argument("--synthetic", type=_positive_int, default=20)
     ev_transfer.add_argument("--prompts", type=_positive_int, default=20, help="reserved prompts measured")
@@ -802,7 +810,11 @@ def _cmd_eval_transfer(args) -> None:
     from .bundled.specs import STYLES
     from .transfer.evaluate import eval_transfer, format_transfer_table
 
-    result = eval_transfer(args.styles or list(STYLES), args.out, variant=args.variant, steps=args.steps,
+    if args.source == args.target:
+        raise ShiraError("--from and --to name the same base")
+    rows = tuple(r.replace("-", " ") for r in args.rows) if args.rows else None
+    result = eval_transfer(args.styles or list(STYLES), args.out, source=args.source, target=args.target,
+                           variant=args.variant, kind=args.kind, **({"rows": rows} if rows else {}), steps=args.steps,
                            synthetic=args.synthetic, prompts=args.prompts, guidance=args.guidance,
                            sample_steps=args.sample_steps, generator=args.generator,
                            log=lambda t: print(t, file=sys.stderr, flush=True))

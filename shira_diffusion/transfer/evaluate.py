@@ -21,6 +21,7 @@ from .pipeline import TransferConfig, source_applied, teacher_images, train_stud
 from .lora import read_adapter_file
 
 SEED_IMAGES = 5
+ROWS = ("transfer", "no filter", "seeds only")  # the adapters each style gets on the target base
 
 
 def seed_pairs(style: str, count: int = SEED_IMAGES) -> list:
@@ -55,21 +56,26 @@ def measure(pipe, adapter_file, look: str, expected: list[dict], trigger, *, gui
 
 
 def eval_transfer(styles: list[str], out_folder: str, *, source: str = "toy-sd", target: str = "toy-sdxl",
-                  variant: str = "shira", steps: int = 300, synthetic: int = 20, prompts: int = 20,
+                  variant: str = "shira", kind: str | None = None, rows: tuple = ROWS, steps: int = 300,
+                  synthetic: int = 20, prompts: int = 20,
                   guidance: float = 5.0, sample_steps: int = 20, seed: int = 0, generator: str | None = None,
                   progress: bool = True, log=print) -> dict:
     """The figures of docs/transfer.md for ``styles``; results go to ``out_folder/eval-transfer.json``
-    (styles already there with the same settings are not run again)."""
+    (styles already there with the same settings are not run again). ``variant``: the source adapter
+    (shira | lora); ``kind``: the students' (default: the source's); ``rows``: which of ``ROWS``."""
     from ..bases import load_pipeline
     from ..bundled.specs import STYLES, adapter_path
     from ..toy.prompts import held_out_prompts
 
+    if unknown := [r for r in rows if r not in ROWS]:
+        raise ShiraError(f"unknown row {unknown[0]!r} (rows: {', '.join(ROWS)})")
     for style in styles:
         if style not in STYLES:
             raise ShiraError(f"unknown bundled style {style!r} (bundled: {', '.join(STYLES)})")
     os.makedirs(out_folder, exist_ok=True)
     results_path = os.path.join(out_folder, "eval-transfer.json")
-    settings = {"source": source, "target": target, "variant": variant, "steps": steps, "synthetic": synthetic,
+    settings = {"source": source, "target": target, "variant": variant, "kind": kind, "rows": list(rows),
+                "steps": steps, "synthetic": synthetic,
                 "prompts": prompts, "guidance": guidance, "sample_steps": sample_steps, "seed": seed,
                 "seed_images": SEED_IMAGES, "generator": generator or "neighbour substitution (offline)"}
     results = {"settings": settings, "styles": {}}
@@ -96,18 +102,21 @@ def eval_transfer(styles: list[str], out_folder: str, *, source: str = "toy-sd",
         template = TransferConfig(adapter=source_file, source_base=source, target_base=target, seed_data=pairs,
                                   out=os.path.join(folder, f"{style}.transfer.safetensors"), synthetic=synthetic,
                                   steps=steps, guidance=guidance, sample_steps=sample_steps, seed=seed,
-                                  generator=generator, overwrite=True, progress=progress)
+                                  generator=generator, overwrite=True, progress=progress, kind=kind)
         runs = {}
-        report = transfer(template, source_pipe=source_pipe, target_pipe=target_pipe)
-        runs["transfer"] = (template.out, report["filter"], report["timings"]["total_s"])
-        unfiltered = dataclasses.replace(template, filter=False,
-                                         out=os.path.join(folder, f"{style}.unfiltered.safetensors"))
-        report_u = transfer(unfiltered, source_pipe=source_pipe, target_pipe=target_pipe)
-        runs["no filter"] = (unfiltered.out, report_u["filter"], report_u["timings"]["total_s"])
-        seeds_only = dataclasses.replace(template, out=os.path.join(folder, f"{style}.seeds-only.safetensors"))
-        t = time.time()
-        train_student(target_pipe, pairs, seeds_only, info.kind, info.trigger, info.rank or 2)
-        runs["seeds only"] = (seeds_only.out, None, round(time.time() - t, 1))
+        if "transfer" in rows:
+            report = transfer(template, source_pipe=source_pipe, target_pipe=target_pipe)
+            runs["transfer"] = (template.out, report["filter"], report["timings"]["total_s"])
+        if "no filter" in rows:
+            unfiltered = dataclasses.replace(template, filter=False,
+                                             out=os.path.join(folder, f"{style}.unfiltered.safetensors"))
+            report_u = transfer(unfiltered, source_pipe=source_pipe, target_pipe=target_pipe)
+            runs["no filter"] = (unfiltered.out, report_u["filter"], report_u["timings"]["total_s"])
+        if "seeds only" in rows:
+            seeds_only = dataclasses.replace(template, out=os.path.join(folder, f"{style}.seeds-only.safetensors"))
+            t = time.time()
+            train_student(target_pipe, pairs, seeds_only, kind or info.kind, info.trigger, info.rank or 2)
+            runs["seeds only"] = (seeds_only.out, None, round(time.time() - t, 1))
 
         measured = {"source": measure(source_pipe, source_file, spec.look, expected, info.trigger,
                                       guidance=guidance, steps=sample_steps)}
@@ -135,7 +144,7 @@ def eval_transfer(styles: list[str], out_folder: str, *, source: str = "toy-sd",
 def _summary(results: dict) -> dict:
     rows = results["styles"].values()
     out = {}
-    for label in ("transfer", "no filter", "seeds only"):
+    for label in ROWS:
         ratios = [r[label]["strength_vs_source"] for r in rows if r.get(label, {}).get("strength_vs_source") is not None]
         drops = [r[label]["content_drop_vs_base"] for r in rows if label in r]
         if drops:
@@ -151,7 +160,8 @@ def format_transfer_table(result: dict) -> str:
     """A markdown table: per style and adapter, strength (and its ratio to the source's) and content."""
     settings = result["settings"]
     base = result.get("base_alone", {})
-    lines = [f"{settings['source']} -> {settings['target']}, {settings['seed_images']} seed images, "
+    kinds = f"{settings.get('variant', 'shira')} -> {settings.get('kind') or settings.get('variant', 'shira')}"
+    lines = [f"{settings['source']} -> {settings['target']} ({kinds}), {settings['seed_images']} seed images, "
              f"{settings['synthetic']} synthetic, {settings['steps']} student steps, {settings['prompts']} reserved "
              f"prompts, guidance {settings['guidance']:g}; {settings['target']} alone: content "
              f"{base.get('content', float('nan')):.2f}",
@@ -159,7 +169,7 @@ def format_transfer_table(result: dict) -> str:
              "| style | source strength | adapter | strength (x source) | content (drop) | kept / drawn | MMD before -> after |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for style, rows in result["styles"].items():
-        for label in ("transfer", "no filter", "seeds only"):
+        for label in ROWS:
             if label not in rows:
                 continue
             r = rows[label]
