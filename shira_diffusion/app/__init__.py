@@ -1,8 +1,9 @@
 """The Gradio app: ``build_demo()`` makes the page, ``main()`` serves it (``python app.py``).
 
 Modules: ``service`` (one pipeline and one StyleBank per loaded base, shared by every visitor),
-``ui`` (the ``gr.Blocks``: Create, Train, Styles), ``train_tab`` and ``training_jobs`` (background
-training), ``styles_view`` (gallery cards, inspector, the user's styles), ``uploads`` (limits,
+``ui`` (the ``gr.Blocks``: Create, Train, Transfer, Styles), ``train_tab`` and ``training_jobs``
+(background training), ``transfer_tab`` and ``transfer_jobs`` (a style carried to another base in the
+background), ``styles_view`` (gallery cards, inspector, LoRA conversion, the user's styles), ``uploads`` (limits,
 sanitised names, safe zips), ``recipe_png`` (a PNG's recipe), ``mix_panel`` (what a mix does to each
 style: weight-space overlap measured on demand, stored retention), ``gpu`` (``spaces.GPU`` on ZeroGPU).
 """

@@ -102,6 +102,44 @@ def add_user_style(service, path: str, name: str, base: str, trigger: str = "", 
     return catalog.get(name)
 
 
+def convert_user_lora(service, path: str, name: str, base: str, trigger: str = "", description: str = "",
+                      rank: int | None = None):
+    """A LoRA upload converted to SHiRA on ``base`` (``transfer.convert_lora``: its largest delta
+    entries, as many as the LoRA's parameters unless ``rank`` says otherwise) and added to the
+    user's styles like an uploaded adapter. Returns (record, conversion)."""
+    import shutil
+
+    from ..transfer.lora import convert_lora
+    from .uploads import ADAPTER_SUFFIX, MAX_ADAPTER_BYTES, check_size, foreign_adapter_kind, new_work_folder
+
+    if not path:
+        raise ShiraError("upload a LoRA file first")
+    if not str(path).lower().endswith(ADAPTER_SUFFIX):
+        raise ShiraError(f"{Path(path).name}: only .safetensors LoRA files are accepted")
+    check_size(path, MAX_ADAPTER_BYTES, "an adapter")
+    if foreign_adapter_kind(path) != "lora":
+        raise ShiraError(f"{Path(path).name} is not a LoRA file (no diffusers or kohya LoRA keys); a SHiRA "
+                         "adapter is added as it is")
+    name = check_style_name((name or "").strip())
+    rank = None if rank in (None, "", 0) else int(rank)
+    loaded = service.base(base)
+    # The served pipeline, under its bank's lock: diffusers loads the LoRA into it for the deltas
+    # and takes it out again, so no request generates meanwhile and no second copy of the base loads.
+    with loaded.bank.lock:
+        conversion = convert_lora(path, loaded.pipe, rank=rank, name=name)
+    folder = new_work_folder("convert")
+    try:
+        out = folder / f"{name}.safetensors"
+        conversion.adapter.save(out)
+        record = add_user_style(service, str(out), name, base, trigger, description)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    report = conversion.report
+    service.catalog().update_entry(name, f"{loaded.name}/shira", {"converted": {
+        k: report[k] for k in ("format", "lora_rank", "params", "lora_params", "relative_error", "energy_kept")}})
+    return record, conversion
+
+
 def make_thumbnail(service, name: str, base: str) -> None:
     """A thumbnail for a user style: one image of ``THUMBNAIL_PROMPT`` with it at weight 1."""
     catalog = service.catalog()

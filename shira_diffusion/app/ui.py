@@ -1,4 +1,4 @@
-"""The page: a ``gr.Blocks`` with a base chooser and three tabs (Create, Train, Styles), wired to the
+"""The page: a ``gr.Blocks`` with a base chooser and four tabs (Create, Train, Transfer, Styles), wired to the
 shared ``AppService``. Event functions take every setting as an input (no visitor state in globals);
 errors a visitor can fix come back as ``gr.Error`` messages and the app keeps serving."""
 
@@ -15,9 +15,9 @@ from ..generate import DEFAULT_GUIDANCE
 from .mix_panel import NOTHING_TO_MIX, PRESS_MEASURE, mix_report
 from .recipe_png import read_recipe
 from .service import MAX_IMAGES, MAX_SEED, MAX_STEPS, MAX_STYLES, AppService, base_name
-from .styles_view import (TENSOR_COLUMNS, add_user_style, card, default_guidance, default_weight, inspect_adapter,
-                          suggested_name, user_style_files)
-from .uploads import MAX_UPLOAD_BYTES, app_home
+from .styles_view import (TENSOR_COLUMNS, add_user_style, card, convert_user_lora, default_guidance, default_weight,
+                          inspect_adapter, suggested_name, user_style_files)
+from .uploads import MAX_UPLOAD_BYTES, app_home, foreign_adapter_kind
 
 EXAMPLE_PROMPTS = [
     "a red circle on a blue background",
@@ -136,10 +136,17 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
 
                 train_outputs = build_train_tab(service, base)
 
+            # ---------------------------------------------------------------- Transfer
+            with gr.Tab("Transfer", id="transfer"):
+                from .transfer_tab import build_transfer_tab
+
+                transfer_outputs = build_transfer_tab(service)
+
             # ---------------------------------------------------------------- Styles
             with gr.Tab("Styles", id="styles"):
                 gr.Markdown("Upload a SHiRA adapter (`.safetensors` made by shira-diffusion) to inspect it and add "
-                            "it to your styles. LoRA files are recognised; converting them is coming (`shira convert`).")
+                            "it to your styles. A diffusers or kohya LoRA file can be converted to SHiRA on the "
+                            "chosen base (its largest delta entries, no training; `shira convert`).")
                 upload = gr.File(label="Adapter (.safetensors)", file_types=[".safetensors"], type="filepath",
                                  elem_id="adapter-upload")
                 summary = gr.Markdown("Upload a `.safetensors` adapter to inspect it.")
@@ -150,6 +157,11 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                     new_trigger = gr.Textbox(label="Trigger word (optional)")
                     new_description = gr.Textbox(label="Description (optional)")
                 add = gr.Button("Add to my styles (for the chosen base)", elem_id="add-style")
+                with gr.Row():
+                    convert_rank = gr.Number(None, label="SHiRA size as a LoRA rank (empty: the LoRA's own rank, "
+                                             "the same parameter count)", precision=0, minimum=1, visible=False)
+                    convert = gr.Button("Convert to SHiRA and add (for the chosen base)", visible=False,
+                                        elem_id="convert-lora")
                 add_status = gr.Markdown()
                 gr.Markdown("### Your styles")
                 with gr.Row():
@@ -273,12 +285,14 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         # Styles tab
         def on_upload(path, base_value):
             text, rows, meta = inspect_adapter(path)
-            name = suggested_name(path, meta.get("name", "")) if meta else ""
+            lora = bool(path) and foreign_adapter_kind(path) == "lora"  # offered conversion instead of adding
+            name = suggested_name(path, meta.get("name", "")) if meta else \
+                f"{suggested_name(path)}-shira"[:64] if lora else ""
             return text, rows, meta, name, (meta.get("trigger") or "") if meta else "", \
-                (meta.get("description") or "") if meta else ""
+                (meta.get("description") or "") if meta else "", gr.update(visible=lora), gr.update(visible=lora)
 
-        upload.upload(on_upload, [upload, base], [summary, tensors, metadata, new_name, new_trigger, new_description],
-                      api_name="inspect")
+        upload.upload(on_upload, [upload, base], [summary, tensors, metadata, new_name, new_trigger, new_description,
+                                                  convert, convert_rank], api_name="inspect")
 
         @_user_errors
         def on_add(path, name, trigger, description, base_value, current):
@@ -298,6 +312,21 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         download.click(on_download, mine, files, api_name="download_style")
 
         @_user_errors
+        def on_convert(path, name, trigger, description, rank, base_value, current):
+            record, conversion = convert_user_lora(service, path, name, base_value, trigger, description, rank)
+            worst, error = conversion.worst_layer
+            text = (f"Converted to **{record.name}** for {base_name(base_value)}: {conversion.params:,} entries "
+                    f"(the LoRA: {conversion.lora_params:,} parameters), relative error "
+                    f"**{conversion.relative_error:.3f}** (energy kept {conversion.energy_kept:.0%}; worst layer "
+                    f"`{worst}` {error:.3f}). It is in the gallery. A quick start, not a faithful copy: a LoRA's "
+                    "delta is dense, and its largest entries hold only part of it (docs/transfer.md).")
+            return (text, *refresh(base_value, current))
+
+        convert.click(on_convert, [upload, new_name, new_trigger, new_description, convert_rank, base, chosen],
+                      [add_status, gallery, chosen, mine], api_name="convert_lora",
+                      concurrency_limit=GENERATE_CONCURRENCY)
+
+        @_user_errors
         def on_delete(name, base_value, current):
             if not name:
                 raise ShiraError("choose one of your styles")
@@ -308,6 +337,10 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
 
         # a finished training run adds a style: refresh the gallery and lists
         train_outputs["finished"].then(refresh, [base, chosen], [gallery, chosen, mine], api_visibility="private")
+        transfer_outputs["finished"].then(refresh, [base, chosen], [gallery, chosen, mine], api_visibility="private")
+        # the Transfer tab's style list: read at page load (styles added since the page was built)
+        demo.load(transfer_outputs["styles_of"], transfer_outputs["source"], transfer_outputs["style"],
+                  api_visibility="private")
 
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2)
     demo.shira_service = service  # for tests and the benchmark

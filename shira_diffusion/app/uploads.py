@@ -77,9 +77,9 @@ def check_adapter_upload(path) -> str:
     check_size(path, MAX_ADAPTER_BYTES, "an adapter")
     kind = foreign_adapter_kind(path)
     if kind == "lora":
-        raise ShiraError(f"{_label(path)} is a LoRA file (diffusers or kohya keys), not a SHiRA adapter. "
-                         "Converting LoRAs to SHiRA is coming (`shira convert`); until then, use it with "
-                         "diffusers' load_lora_weights")
+        raise ShiraError(f"{_label(path)} is a LoRA file (diffusers or kohya keys), not a SHiRA adapter: "
+                         "**Convert to SHiRA** below makes one on the chosen base (as `shira convert` does), "
+                         "and the Transfer tab carries it to another base")
     if kind == "peft-shira":
         raise ShiraError(f"{_label(path)} is a PEFT SHiRA checkpoint: convert it first with "
                          "`shira import-peft` and upload the result")

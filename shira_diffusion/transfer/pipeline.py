@@ -276,10 +276,12 @@ def _kind_of(info: AdapterFile, config: TransferConfig) -> str:
 
 # ------------------------------------------------------------------------------------ the whole run
 
-def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None) -> dict:
+def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_progress=None) -> dict:
     """Carry ``config.adapter`` from ``config.source_base`` to ``config.target_base``; writes the
     student adapter, ``<out>.transfer.json`` and ``<out>.transfer.png``; returns the report.
-    ``source_pipe`` / ``target_pipe``: pipelines already loaded for the two bases."""
+    ``source_pipe`` / ``target_pipe``: pipelines already loaded for the two bases.
+    ``on_progress(done, total, stage)``: called wherever the progress bar moves (the app's progress;
+    an exception it raises ends the run there, which is how the app stops one)."""
     check_config(config)
     info = read_adapter_file(config.adapter)
     family = bundled_family(config.source_base)
@@ -307,6 +309,12 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None) -> d
     target_pipe = target_pipe or load_pipeline(config.target_base)
     bar = tqdm(total=1 + calibration + config.synthetic + config.steps + 3 * config.report_images,
                desc=f"transfer {info.name}", disable=not config.progress)
+
+    def advance(n: int, stage: str) -> None:
+        bar.update(n)
+        if on_progress is not None:
+            on_progress(bar.n, bar.total, stage)
+
     try:
         for pipe in (source_pipe, target_pipe):
             pipe.set_progress_bar_config(disable=True)
@@ -318,7 +326,7 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None) -> d
         prompts = synthetic_prompts(seeds.captions, calibration + max_draws, target_pipe, generator=generator,
                                     seed=config.seed, keep=[info.trigger] if info.trigger else [])
         timings["prompts_s"] = round(time.time() - t, 1)
-        bar.update(1)
+        advance(1, "prompts")
 
         # 2 + 3. the teacher draws, the discriminator filters
         t = time.time()
@@ -333,7 +341,7 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None) -> d
                 drawn_images.extend(images)
                 if bar.n + len(images) > bar.total - config.steps - 3 * config.report_images:
                     bar.total += len(images)
-                bar.update(len(images))
+                advance(len(images), "teacher and filter")
                 return images
 
             def draw(n: int) -> np.ndarray:
@@ -356,7 +364,7 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None) -> d
                                       "kind": info.kind, "format": info.format},
                  "synthetic": config.synthetic, "filtered": config.filter, "slot": config.slot}
         record = train_student(target_pipe, pairs, config, kind, info.trigger, rank,
-                               on_step=lambda step, total, loss: bar.update(1), extra=extra)
+                               on_step=lambda step, total, loss: advance(1, "student"), extra=extra)
         timings["student_s"] = round(time.time() - t, 1)
 
         # the report
@@ -369,16 +377,16 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None) -> d
             with source_applied(source_pipe, info):
                 source_row = teacher_images(source_pipe, sheet_prompts, info.trigger, seeds=report_seeds,
                                             steps=config.sample_steps, guidance=config.guidance)
-            bar.update(len(sheet_prompts))
+            advance(len(sheet_prompts), "report")
             student = AdapterFile(config.out, kind, "shira" if kind == "shira" else "peft", unet_family(target_pipe.unet),
                                   info.trigger, info.name)
             with source_applied(target_pipe, student):
                 student_row = teacher_images(target_pipe, sheet_prompts, info.trigger, seeds=report_seeds,
                                              steps=config.sample_steps, guidance=config.guidance)
-            bar.update(len(sheet_prompts))
+            advance(len(sheet_prompts), "report")
             base_row = teacher_images(target_pipe, sheet_prompts, None, seeds=report_seeds,
                                       steps=config.sample_steps, guidance=config.guidance)
-            bar.update(len(sheet_prompts))
+            advance(len(sheet_prompts), "report")
             sheet = side_by_side([(f"source ({info.kind})\non {config.source_base}", source_row),
                                   (f"student ({kind})\non {config.target_base}", student_row),
                                   (f"{config.target_base}\nalone", base_row)])
