@@ -22,12 +22,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock
 
+from .core.adapter import write_atomically
 from .errors import ShiraError
 
 logger = logging.getLogger(__name__)
@@ -209,15 +209,9 @@ def read_record(folder: Path, source: str) -> StyleRecord:
 
 
 def _write_json_atomic(path: Path, values: dict) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(json.dumps(values, indent=1) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    # write_atomically, not mkstemp: a mkstemp file is private (0600), and style.json is shared.
+    write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(values, indent=1) + "\n",
+                                                                         encoding="utf-8"))
 
 
 class StyleCatalog:
@@ -353,16 +347,7 @@ class StyleCatalog:
 
 
 def _copy_atomic(source, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    write_atomically(target, lambda temporary: shutil.copyfile(source, temporary))
 
 
 def default_catalog() -> StyleCatalog:

@@ -141,3 +141,21 @@ def test_malformed_records_are_refused_by_name_and_skipped_in_listings(tmp_path,
     assert "skipping style broken" in caplog.text
     with pytest.raises(ShiraError, match="needs a 'file'"):
         styles.update_entry("good", "toy-sd/shira", {"params": 3})
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    """Atomic writes must not leave private (0600) files: style.json and copied adapters are shared."""
+    import os
+    import stat
+
+    from shira_diffusion.catalog import _copy_atomic, _write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        _write_json_atomic(tmp_path / "style.json", {"a": 1})
+        (tmp_path / "src.bin").write_bytes(b"x")
+        _copy_atomic(tmp_path / "src.bin", tmp_path / "copy.bin")
+    finally:
+        os.umask(old)
+    for name in ("style.json", "copy.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
