@@ -38,6 +38,7 @@ MAX_SEED = 2**63  # seeds are 63-bit (``hash_seed``, mask seeds): [0, 2**63)
 BOOKKEEPING_FIELDS = frozenset({
     "output", "progress", "overwrite", "resume_from_checkpoint", "checkpointing_steps", "validation_prompt",
     "validation_steps", "num_validation_images", "name", "description", "save_dtype", "kohya", "extra",
+    "discriminator", "discriminator_samples", "discriminator_sample_steps",
 })
 
 
@@ -132,6 +133,16 @@ class TrainConfig:
         "for a single-file checkpoint base: a local diffusers folder of its architecture"))
     overwrite: bool = field(default=False, metadata=_help(
         "replace an existing output file and clear an earlier run's checkpoints"))
+    # Trans-LoRA trains its discriminator while the real data exist; `shira transfer` then needs none
+    # fit on a few seed images (docs/transfer.md).
+    discriminator: bool = field(default=False, metadata=_help(
+        "after training, fit shira transfer's real-vs-synthetic discriminator (the training images against "
+        "images the new adapter draws for their captions) and store it beside the adapter as "
+        "X.discriminator.json; shira transfer uses it"))
+    discriminator_samples: int | None = field(default=None, metadata=_help(
+        "--discriminator: synthetic images it learns against (default 2 x the training images, at least 10)"))
+    discriminator_sample_steps: int | None = field(default=None, metadata=_help(
+        "--discriminator: denoising steps of those images (default 20, as shira transfer's --sample-steps)"))
     progress: bool = field(default=True, metadata=_help("show a progress bar", cli=False))
     # recorded in the adapter's recipe (e.g. the style's look)
     extra: dict = field(default_factory=dict, metadata=_help("extra recipe entries", cli=False))
@@ -253,6 +264,10 @@ def validate(config: TrainConfig) -> None:
     if config.max_timestep is not None and config.min_timestep >= config.max_timestep:
         raise ShiraError(f"need --min_timestep < --max_timestep, got {config.min_timestep} and {config.max_timestep}")
     _int(config, "seed", 0, MAX_SEED)
+    _int(config, "discriminator_samples", 1, optional=True)
+    _int(config, "discriminator_sample_steps", 1, optional=True)
+    if not config.discriminator and (config.discriminator_samples or config.discriminator_sample_steps):
+        raise ShiraError("--discriminator_samples and --discriminator_sample_steps need --discriminator")
     if config.kohya and config.adapter != "lora":
         raise ShiraError("--kohya writes a LoRA file; it needs --adapter lora")
     for name in ("trigger", "name", "validation_prompt", "resume_from_checkpoint", "single_file_config"):

@@ -1,7 +1,8 @@
 """Where a run writes, the checks on it before training starts, and atomic writes.
 
 A run writes the adapter ``X.safetensors`` and, next to it, ``X.loss.png``, ``X.json`` (its record),
-``X.validation/``, ``X.checkpoints/`` and for LoRA with kohya ``X.kohya.safetensors``. Every file is
+``X.validation/``, ``X.checkpoints/``, for LoRA with kohya ``X.kohya.safetensors`` and with
+``--discriminator`` ``X.discriminator.json``. Every file is
 written to a temporary file in the same folder and moved into place with ``os.replace``: a reader
 never sees half a file, and an existing file is replaced only once the new one is complete.
 """
@@ -16,10 +17,12 @@ from ..errors import ShiraError
 
 
 def output_paths(output: str) -> dict[str, str]:
-    """Where a run writes: the adapter, its loss curve, validation images, checkpoints, a record."""
+    """Where a run writes: the adapter, its loss curve, validation images, checkpoints, a record, a
+    kohya copy, a discriminator (JSON, not .safetensors: folders of adapters are scanned for those)."""
     stem = output[: -len(".safetensors")]
     return {"adapter": output, "loss_curve": stem + ".loss.png", "validation": stem + ".validation",
-            "checkpoints": stem + ".checkpoints", "record": stem + ".json", "kohya": stem + ".kohya.safetensors"}
+            "checkpoints": stem + ".checkpoints", "record": stem + ".json", "kohya": stem + ".kohya.safetensors",
+            "discriminator": stem + ".discriminator.json"}
 
 
 def stem(path: str) -> str:

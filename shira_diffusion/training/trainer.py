@@ -129,6 +129,8 @@ class StyleTrainer:
             if inferred:
                 self.trigger, self.trigger_inferred = inferred, True
         check_output(config.output, config.overwrite)
+        if config.discriminator:
+            check_output(self.paths["discriminator"], config.overwrite)
         self.fingerprint = {"config": fingerprint(config), "data": self.data.fingerprint}
         self.resume_path, self.resume_state, self.clear_checkpoints = None, None, False
         if config.resume_from_checkpoint:
@@ -477,13 +479,15 @@ class StyleTrainer:
 
             logger.warning("rank %d: trained parameters sha256 %s", self.rank, digest)
             rank_digests = gather_object([digest])
+        unwritten = {"checkpoints"} | (set() if config.discriminator else {"discriminator"})
         record = {**self._record(), "stopped": False, "sha256": digest, "rank_sha256": rank_digests,
-                  "files": {k: v for k, v in paths.items() if k != "checkpoints"}}
+                  "files": {k: v for k, v in paths.items() if k not in unwritten}}
         del record["losses"]
         if accelerator.is_main_process:
             name = config.name or stem(config.output)
             recipe = {k: v for k, v in dataclasses.asdict(config).items()
-                      if k not in ("progress", "extra", "output", "overwrite")}
+                      if k not in ("progress", "extra", "output", "overwrite", "discriminator", "discriminator_samples",
+                                   "discriminator_sample_steps")}
             recipe.update(config.extra, seconds=record["seconds"])
             if self.trigger_inferred:
                 recipe.update(trigger=self.trigger, trigger_inferred=True)
@@ -500,6 +504,8 @@ class StyleTrainer:
             else:
                 header = lora_metadata(config, self.family, recipe, trigger=self.trigger, name=name)
                 save_lora(self.pipe.unet, self.family, config, paths, header)
+            if config.discriminator:
+                record["discriminator"] = self.store_discriminator()
             plot_losses(self.losses, paths["loss_curve"], f"{name} ({config.adapter})")
             record["file_mb"] = round(os.path.getsize(config.output) / 2**20, 3)
             write_text(paths["record"], json.dumps({**record, "recipe": recipe,
@@ -508,6 +514,23 @@ class StyleTrainer:
         record["losses"] = list(self.losses)
         accelerator.wait_for_everyone()
         return record
+
+    def store_discriminator(self) -> dict:
+        """``--discriminator``: drawn with the adapter still in place (its values synced by ``save``,
+        before they are rounded to ``--save_dtype``); ``self.discriminator`` keeps the fitted one."""
+        from .discriminator import fit_and_store
+
+        files = [self.config.output] + ([self.paths["kohya"]] if self.config.kohya else [])
+        logger.info("fitting the discriminator: the new adapter draws images for the training captions")
+        if isinstance(self.model, SparseDeltaModel):
+            self.model.sync()
+        self.pipe.unet.eval()
+        try:
+            self.discriminator, summary = fit_and_store(self.pipe, self.data, self.trigger, self.config,
+                                                        self.paths["discriminator"], files, self.family)
+        finally:
+            self.pipe.unet.train()
+        return summary
 
     # ---------------------------------------------------------------------------------- teardown
 

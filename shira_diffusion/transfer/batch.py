@@ -4,7 +4,8 @@ Layout: ``DIR/<name>.safetensors`` (any adapter file ``transfer`` reads) with it
 ``DIR/<name>/``; the students go to ``OUT/<name>.safetensors`` with their reports. Resumable: an
 adapter whose student and report both exist is skipped. Under ``accelerate launch`` (or torchrun),
 process ``rank`` of ``world`` takes adapters ``rank, rank + world, ...``; each process trains its
-own students alone (no process group: the distributed variables are hidden from the trainer).
+own students alone (no process group: the distributed variables are hidden from the trainer), and
+its reports say which process made them (``settings.process``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def transfer_folder(folder: str, out_folder: str, template: TransferConfig, *, r
                 continue
             # A half-finished earlier try (student without report) is redone.
             config = dataclasses.replace(template, adapter=adapter, seed_data=seeds, out=out,
-                                         overwrite=template.overwrite or os.path.exists(out))
+                                         overwrite=template.overwrite or os.path.exists(out),
+                                         process={"rank": rank, "world": world, "pid": os.getpid()})
             source_pipe = source_pipe or load_pipeline(template.source_base)
             target_pipe = target_pipe or load_pipeline(template.target_base)
             transfer(config, source_pipe=source_pipe, target_pipe=target_pipe)

@@ -2,10 +2,11 @@
 
 ``transfer(config)`` runs the steps, each its own function here or beside it:
 1. ``synthetic_prompts`` (``prompts.py``): prompts imitating the seed captions;
-2. ``teacher_images``: the source base with the source adapter draws them;
+2. ``teacher_images`` (``discriminator.py``): the source base with the source adapter draws them;
 3. ``filter_samples`` (``discriminator.py``): a real-vs-synthetic classifier trained on the seed
-   images keeps the drawn samples it takes for real, drawing more until ``synthetic`` are kept
-   (at most ``max_draws``); acceptance and the MMD to the seeds, before and after, are reported;
+   images (or stored beside the adapter by ``shira train --discriminator``) keeps the drawn samples
+   it takes for real, drawing more until ``synthetic`` are kept (at most ``max_draws``); acceptance
+   and the MMD to the seeds, before and after, are reported;
 4. ``train_student``: a new adapter on the target base (the source's kind unless ``kind`` says
    otherwise), trained on the kept samples through the trainer API.
 Then a JSON report and a side-by-side PNG (source on the old base, student on the new base, the
@@ -29,8 +30,9 @@ from ..core.adapter import SparseAdapter, check_output_file
 from ..core.architecture import unet_family
 from ..core.bank import StyleBank
 from ..errors import ArchitectureMismatchError, ShiraError
-from ..generate import applied_adapter, check_guidance, generate_batched, with_triggers
-from .discriminator import fit_discriminator, image_features, mmd_rbf
+from ..generate import applied_adapter, check_guidance
+from .discriminator import (FILTER_L2, Discriminator, calibration_count, draw_seeds, fit_discriminator,
+                            image_features, mmd_rbf, stored_discriminator, teacher_images)
 from .lora import AdapterFile, check_lora, read_adapter_file
 from .prompts import synthetic_prompts
 
@@ -64,6 +66,9 @@ class TransferConfig:
     progress: bool = True
     report_images: int = 4  # columns of the side-by-side PNG (0: no PNG)
     train_overrides: dict = field(default_factory=dict)  # other TrainConfig fields for the student
+    # A discriminator stored beside the adapter (shira train --discriminator) instead of one fit on the seeds.
+    stored_discriminator: bool = True
+    process: dict | None = None  # which process of a folder batch ran it (rank, world; transfer_folder), for the report
 
 
 def report_paths(out: str) -> dict[str, str]:
@@ -148,14 +153,6 @@ def source_applied(pipe, info: AdapterFile, weight: float = 1.0):
         yield
 
 
-def teacher_images(pipe, prompts: list[str], trigger: str | None, *, seeds: list[int], steps: int = 20,
-                   guidance: float = 5.0, batch_size: int = 8) -> list[np.ndarray]:
-    """Step 2: the teacher's images (the adapter must already be applied): prompt i with seed ``seeds[i]``
-    (one generator per image, as ``generate_batched``), the trigger appended; RGB uint8 arrays."""
-    prompts = [with_triggers(p, [trigger or ""]) for p in prompts]
-    return generate_batched(pipe, prompts, steps, guidance, batch_size=batch_size, seeds=seeds)
-
-
 @dataclass
 class FilterResult:
     kept: list[int]  # indices into the drawn samples, in draw order
@@ -177,13 +174,16 @@ class FilterResult:
 
 
 def filter_samples(real_features: np.ndarray, calibration_features: np.ndarray, draw, wanted: int, max_draws: int,
-                   *, use_filter: bool = True, l2: float = 10.0) -> tuple[FilterResult, np.ndarray]:
+                   *, use_filter: bool = True, l2: float = FILTER_L2,
+                   discriminator: Discriminator | None = None) -> tuple[FilterResult, np.ndarray]:
     """Step 3: rejection sampling. ``draw(n)`` returns the features of ``n`` new synthetic samples
     (in draw order). A discriminator fit on ``real_features`` vs ``calibration_features`` keeps the
     samples it takes for real until ``wanted`` are kept or ``max_draws`` are drawn; then the most
     real-looking rejected ones fill up. Without ``use_filter``: the first ``wanted``, unjudged.
+    ``discriminator``: one already fit (stored beside the adapter); ``calibration_features`` unused.
     Returns the result and the features of every drawn sample."""
-    disc = fit_discriminator(real_features, calibration_features, l2=l2)
+    disc = discriminator if discriminator is not None else fit_discriminator(real_features, calibration_features,
+                                                                             l2=l2)
     feats: list[np.ndarray] = []
     accepted: list[int] = []
     while len(accepted) < wanted and sum(len(f) for f in feats) < max_draws:
@@ -293,7 +293,8 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
     kind = _kind_of(info, config)
     rank = config.rank or info.rank or 2
     real_images = [np.asarray(im.convert("RGB")) for im in seeds.images]
-    calibration = config.calibration or max(10, 2 * len(seeds))
+    stored = stored_discriminator(info.path) if config.stored_discriminator else None  # a stale one fails here
+    calibration = 0 if stored else config.calibration or calibration_count(len(seeds))
     max_draws = config.max_draws or 4 * config.synthetic
     generator = config.generator
     if isinstance(generator, (str, os.PathLike)):  # loaded now: a bad one fails before anything else loads
@@ -335,7 +336,7 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
             def draw_images(n: int) -> list[np.ndarray]:
                 start = len(drawn_images)
                 images = teacher_images(source_pipe, prompts[start:start + n], info.trigger,
-                                        seeds=[config.seed * 100_003 + start + i for i in range(n)],
+                                        seeds=draw_seeds(config.seed, start, n),
                                         steps=config.sample_steps, guidance=config.guidance,
                                         batch_size=config.batch_size)
                 drawn_images.extend(images)
@@ -348,9 +349,9 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
                 return image_features(draw_images(n), source_pipe.vae)
 
             real_features = image_features(real_images, source_pipe.vae)
-            calibration_features = draw(calibration)
+            calibration_features = None if stored else draw(calibration)
             result, _ = filter_samples(real_features, calibration_features, draw, config.synthetic, max_draws,
-                                       use_filter=config.filter)
+                                       use_filter=config.filter, discriminator=stored[0] if stored else None)
         timings["teacher_and_filter_s"] = round(time.time() - t, 1)
         candidates = drawn_images[calibration:]
         candidate_prompts = prompts[calibration:calibration + len(candidates)]
@@ -402,7 +403,8 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
             "generator": config.generator if isinstance(config.generator, (str, os.PathLike)) else
             "a causal LM given in memory" if config.generator is not None else "neighbour substitution (offline)",
             "filter": {"enabled": config.filter, "calibration": calibration, "max_draws": max_draws,
-                       **result.summary()},
+                       "discriminator": "stored" if stored else "trained from seeds",
+                       "discriminator_file": stored[1] if stored else None, **result.summary()},
             "prompts_sample": candidate_prompts[:8],
             "kept_prompts": [candidate_prompts[i] for i in result.kept],
             "student": {k: record.get(k) for k in ("steps", "seconds", "final_loss", "trainable_params", "file_mb",
