@@ -188,3 +188,19 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_exactly(toy_pipeline_folders
     import json
 
     assert json.loads((tmp_path / "ink.json").read_text())["sha256"] == whole["sha256"]
+
+
+def test_atomic_outputs_are_not_private(tmp_path):
+    """Files written through atomic_path get the umask's mode, not mkstemp's 0600."""
+    import os
+    import stat
+
+    from shira_diffusion.training.outputs import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(str(tmp_path / "run.json"), "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "run.json").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]

@@ -326,7 +326,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None], over
         raise OutputExistsError(f"{shown} already exists; --overwrite replaces it")
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    temporary = _create_temporary(folder, os.path.basename(path))
+    temporary = create_temporary(folder, os.path.basename(path))
     try:
         write(temporary)
         if overwrite:
@@ -345,10 +345,11 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None], over
             os.unlink(temporary)
 
 
-def _create_temporary(folder: str, name: str) -> str:
-    """A new empty file in ``folder`` (mode 0666 less the umask, like any file the user creates)."""
+def create_temporary(folder: str, name: str, suffix: str = ".tmp") -> str:
+    """A new empty file in ``folder`` (mode 0666 less the umask, like any file the user creates; a
+    ``tempfile.mkstemp`` file is private, 0600, and would stay so once renamed into place)."""
     for _ in range(100):
-        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}{suffix}")
         try:
             os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return temporary
@@ -380,7 +381,7 @@ def check_writable_folder(folder: str | os.PathLike, label: str = "") -> None:
     if not os.path.isdir(existing):
         raise ShiraError(f"{label}: {existing} is a file, not a folder")
     try:
-        os.unlink(_create_temporary(existing, "shira-write-check"))
+        os.unlink(create_temporary(existing, "shira-write-check"))
     except OSError as exc:
         raise ShiraError(f"{label}: cannot write in {existing} ({exc.strerror or exc})") from None
 

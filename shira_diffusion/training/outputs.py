@@ -13,6 +13,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 
+from ..core.adapter import create_temporary
 from ..errors import ShiraError
 
 
@@ -51,8 +52,7 @@ def atomic_path(path: str):
     completes, removed when it fails."""
     folder, name = os.path.split(os.path.abspath(path))
     base, dot, suffix = name.partition(".")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=f".tmp.{suffix}" if dot else ".tmp")
-    os.close(handle)
+    temporary = create_temporary(folder, base, suffix=f".tmp.{suffix}" if dot else ".tmp")
     try:
         yield temporary
         os.replace(temporary, path)
