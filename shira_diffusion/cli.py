@@ -701,6 +701,8 @@ def _add_transfer_parsers(commands, ev_kinds) -> None:
     transfer.add_argument("--generator", help="a causal LM (local folder or cached Hub id) writing the prompts "
                           "(default: offline word substitution in the target's token-embedding space)")
     transfer.add_argument("--no-filter", dest="filter", action="store_false", help="keep every drawn sample")
+    transfer.add_argument("--synthetic-only", dest="with_seeds", action="store_false",
+                          help="train the student on the kept synthetic samples alone (default: the seed images too)")
     transfer.add_argument("--max-draws", type=_positive_int, help="cap on samples drawn (default 4 x --synthetic)")
     transfer.add_argument("--calibration", type=_positive_int, help="synthetic samples the discriminator learns "
                           "against (default 2 x the seed images, at least 10)")
@@ -753,6 +755,8 @@ def _add_transfer_parsers(commands, ev_kinds) -> None:
     ev_transfer.add_argument("--variant", choices=["shira", "lora"], default="shira", help="the source adapter")
     ev_transfer.add_argument("--as", dest="kind", choices=["shira", "lora"],
                              help="the students' kind (default: the source's)")
+    ev_transfer.add_argument("--synthetic-only", dest="with_seeds", action="store_false",
+                             help="students learn from the kept synthetic samples alone (default: the seeds too)")
     ev_transfer.add_argument("--row", action="append", dest="rows", choices=["transfer", "no-filter", "seeds-only"],
                              help="which adapters per style (default: all three)")
     ev_transfer.add_argument("--steps", type=_positive_int, default=300, help="student training steps")
@@ -772,7 +776,8 @@ def _cmd_transfer(args) -> None:
         raise ShiraError("--seed-data is required with --adapter (a few of the style's images with .txt captions)")
     config = TransferConfig(adapter=args.adapter or "", source_base=args.source_base, target_base=args.target_base,
                             seed_data=args.seed_data, out=args.out, kind=args.kind, synthetic=args.synthetic,
-                            generator=args.generator, filter=args.filter, max_draws=args.max_draws,
+                            generator=args.generator, filter=args.filter, with_seeds=args.with_seeds,
+                            max_draws=args.max_draws,
                             calibration=args.calibration, report_images=args.report_images,
                             stored_discriminator=args.stored_discriminator,
                             steps=args.steps, rank=args.rank, slot=args.slot, guidance=args.guidance,
@@ -814,7 +819,8 @@ def _cmd_eval_transfer(args) -> None:
         raise ShiraError("--from and --to name the same base")
     rows = tuple(r.replace("-", " ") for r in args.rows) if args.rows else None
     result = eval_transfer(args.styles or list(STYLES), args.out, source=args.source, target=args.target,
-                           variant=args.variant, kind=args.kind, **({"rows": rows} if rows else {}), steps=args.steps,
+                           variant=args.variant, kind=args.kind, with_seeds=args.with_seeds,
+                           **({"rows": rows} if rows else {}), steps=args.steps,
                            synthetic=args.synthetic, prompts=args.prompts, guidance=args.guidance,
                            sample_steps=args.sample_steps, generator=args.generator,
                            log=lambda t: print(t, file=sys.stderr, flush=True))

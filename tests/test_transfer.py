@@ -38,6 +38,7 @@ def test_cli_transfers_a_shira_adapter_onto_its_slot(seeds, tmp_path, capsys):
     assert report["filter"]["kept"] == 1 and report["filter"]["drawn"] == 1
     assert {"mmd_before", "mmd_after", "acceptance_rate"} <= set(report["filter"])
     assert report["target"]["kind"] == "shira" and report["source"]["format"] == "shira"
+    assert report["student_data"] == {"synthetic": 1, "seeds": report["seed_images"]}  # the seeds teach too
     from PIL import Image
 
     sheet = Image.open(tmp_path / "hatching.sdxl.transfer.png")

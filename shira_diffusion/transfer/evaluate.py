@@ -57,7 +57,7 @@ def measure(pipe, adapter_file, look: str, expected: list[dict], trigger, *, gui
 
 def eval_transfer(styles: list[str], out_folder: str, *, source: str = "toy-sd", target: str = "toy-sdxl",
                   variant: str = "shira", kind: str | None = None, rows: tuple = ROWS, steps: int = 300,
-                  synthetic: int = 20, prompts: int = 20,
+                  synthetic: int = 20, prompts: int = 20, with_seeds: bool = True,
                   guidance: float = 5.0, sample_steps: int = 20, seed: int = 0, generator: str | None = None,
                   progress: bool = True, log=print) -> dict:
     """The figures of docs/transfer.md for ``styles``; results go to ``out_folder/eval-transfer.json``
@@ -75,7 +75,7 @@ def eval_transfer(styles: list[str], out_folder: str, *, source: str = "toy-sd",
     os.makedirs(out_folder, exist_ok=True)
     results_path = os.path.join(out_folder, "eval-transfer.json")
     settings = {"source": source, "target": target, "variant": variant, "kind": kind, "rows": list(rows),
-                "steps": steps, "synthetic": synthetic,
+                "steps": steps, "synthetic": synthetic, "with_seeds": with_seeds,
                 "prompts": prompts, "guidance": guidance, "sample_steps": sample_steps, "seed": seed,
                 "seed_images": SEED_IMAGES, "generator": generator or "neighbour substitution (offline)"}
     results = {"settings": settings, "styles": {}}
@@ -102,7 +102,8 @@ def eval_transfer(styles: list[str], out_folder: str, *, source: str = "toy-sd",
         template = TransferConfig(adapter=source_file, source_base=source, target_base=target, seed_data=pairs,
                                   out=os.path.join(folder, f"{style}.transfer.safetensors"), synthetic=synthetic,
                                   steps=steps, guidance=guidance, sample_steps=sample_steps, seed=seed,
-                                  generator=generator, overwrite=True, progress=progress, kind=kind)
+                                  generator=generator, overwrite=True, progress=progress, kind=kind,
+                                  with_seeds=with_seeds)
         runs = {}
         if "transfer" in rows:
             report = transfer(template, source_pipe=source_pipe, target_pipe=target_pipe)

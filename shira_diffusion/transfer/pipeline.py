@@ -1,4 +1,4 @@
-"""Trans-LoRA for diffusion: an adapter carried to a new base with synthetic data only.
+"""Trans-LoRA for diffusion: an adapter carried to a new base with synthetic data and a few seed images.
 
 ``transfer(config)`` runs the steps, each its own function here or beside it:
 1. ``synthetic_prompts`` (``prompts.py``): prompts imitating the seed captions;
@@ -8,7 +8,8 @@
    it takes for real, drawing more until ``synthetic`` are kept (at most ``max_draws``); acceptance
    and the MMD to the seeds, before and after, are reported;
 4. ``train_student``: a new adapter on the target base (the source's kind unless ``kind`` says
-   otherwise), trained on the kept samples through the trainer API.
+   otherwise), trained on the kept samples and the seed images (``with_seeds``; False: the kept
+   samples alone) through the trainer API.
 Then a JSON report and a side-by-side PNG (source on the old base, student on the new base, the
 new base alone; same prompts and seeds) beside the output, all behind one progress bar.
 """
@@ -52,6 +53,7 @@ class TransferConfig:
     synthetic: int = 50  # samples kept for the student
     generator: str | None = None  # a causal LM (path / cached id); None: offline neighbour prompts
     filter: bool = True  # False: the first ``synthetic`` drawn samples, unfiltered (ablation)
+    with_seeds: bool = True  # the student also learns from the seed images (the only real data); False: synthetic only
     max_draws: int | None = None  # cap on drawn samples for filtering (default 4 x synthetic)
     calibration: int | None = None  # synthetic samples the discriminator trains against (default 2 x seeds, >= 10)
     steps: int = 500  # student training steps
@@ -358,6 +360,8 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
         from PIL import Image
 
         pairs = [(Image.fromarray(candidates[i]), candidate_prompts[i]) for i in result.kept]
+        if config.with_seeds:
+            pairs += [(image.convert("RGB"), caption) for image, caption in zip(seeds.images, seeds.captions)]
 
         # 4. the student
         t = time.time()
@@ -400,6 +404,7 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
             "target": {"base": str(config.target_base), "family": unet_family(target_pipe.unet), "kind": kind,
                        "rank": rank, "slot": config.slot, "out": config.out},
             "seed_images": len(seeds),
+            "student_data": {"synthetic": len(result.kept), "seeds": len(seeds) if config.with_seeds else 0},
             "generator": config.generator if isinstance(config.generator, (str, os.PathLike)) else
             "a causal LM given in memory" if config.generator is not None else "neighbour substitution (offline)",
             "filter": {"enabled": config.filter, "calibration": calibration, "max_draws": max_draws,
