@@ -212,7 +212,8 @@ def eval_fusion(base: str, styles: Sequence[str] | None = None, methods: Sequenc
               "guidance_scale": guidance_scale, "weight": weight,
               "conflicting": [list(p) for p in conflicting], "ceiling": {}, "methods": {}}
     for a, b in pairs:
-        result["ceiling"][f"{a}+{b}"] = rendered_ceiling(a, b, count)
+        # The ceiling is what the look measures see of rendered looks; the feature measure has none.
+        result["ceiling"][f"{a}+{b}"] = rendered_ceiling(a, b, count) if measure == "look" else None
     finished = _load_finished(out, result)
     todo = [m for m in methods if m not in finished]
     result["methods"].update({m: finished[m] for m in methods if m in finished})
@@ -275,7 +276,8 @@ def format_fusion_table(result: dict) -> str:
             row = result["methods"][method]["pairs"].get(pair)
             cells.append("-" if row is None else
                          f"{row['retention'][a]:.2f} / {row['retention'][b]:.2f} ({row['content']:.0%})")
-        lines.append(f"| {pair} | {ceiling[a]:.2f} / {ceiling[b]:.2f} | " + " | ".join(cells) + " |")
+        shown = f"{ceiling[a]:.2f} / {ceiling[b]:.2f}" if ceiling else "-"
+        lines.append(f"| {pair} | {shown} | " + " | ".join(cells) + " |")
     summary = []
     for method in methods:
         m = result["methods"][method]
