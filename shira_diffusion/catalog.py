@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 BUNDLED_ROOT = Path(__file__).resolve().parent.parent / "styles"
 RECORD_NAME = "style.json"
 DEFAULT_VARIANT = "shira"
+# In a mix of two or more, a style with an adapter on its own Struct slot uses it: styles on
+# different slots share no weight entry, and on toy-sd they keep more of themselves in a mix than
+# on the one mask every bundled default adapter shares (docs/fusion.md).
+MIX_VARIANT = "shira-slot"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -173,6 +177,18 @@ class StyleRecord:
         path = self.folder / self.thumbnail if self.thumbnail else None
         return path if path is not None and path.is_file() else None
 
+    def resolve_mix(self, styles: list[str], base: str) -> list[Path]:
+        """Adapter files for a mix of ``styles`` (names or paths) on ``base``: with two or more, each
+        catalogue style's ``MIX_VARIANT`` adapter where it has one, else its default adapter."""
+        files = []
+        for style in styles:
+            if len(styles) > 1 and not os.path.isfile(style) and style in self and \
+                    self.get(style).has_adapter(base, MIX_VARIANT):
+                files.append(self.get(style).adapter_path(base, MIX_VARIANT))
+            else:
+                files.append(self.resolve_adapter(style, base))
+        return files
+
     def training_captions(self) -> set[str]:
         """The captions of its training images (without trigger words), where they are kept."""
         folder = self.folder / (self.images or "images")
@@ -278,6 +294,18 @@ class StyleCatalog:
             have = ", ".join(record.bases(variant)) or "none"
             raise ShiraError(f"style {style!r} has no {variant} adapter for base {base!r} (bases it has: {have})")
         return path
+
+    def resolve_mix(self, styles: list[str], base: str) -> list[Path]:
+        """Adapter files for a mix of ``styles`` (names or paths) on ``base``: with two or more, each
+        catalogue style's ``MIX_VARIANT`` adapter where it has one, else its default adapter."""
+        files = []
+        for style in styles:
+            if len(styles) > 1 and not os.path.isfile(style) and style in self and \
+                    self.get(style).has_adapter(base, MIX_VARIANT):
+                files.append(self.get(style).adapter_path(base, MIX_VARIANT))
+            else:
+                files.append(self.resolve_adapter(style, base))
+        return files
 
     def training_captions(self) -> set[str]:
         """Every caption any catalogued style trained on."""

@@ -64,20 +64,18 @@ def parse_style(text: str) -> tuple[str, float]:
     return (name if sep else text), check_weight(value, name if sep else text)
 
 
-def style_file(style: str, base_name: str, catalog: StyleCatalog | None = None) -> str:
-    """An adapter file for ``style``: a path as given, or a catalogue style's adapter for the base."""
-    return str((catalog or default_catalog()).resolve_adapter(style, base_name))
-
-
 def resolve_styles(styles: Sequence[tuple[str, float]], base_name: str, catalog: StyleCatalog | None = None,
                    read: bool = False) -> list[tuple[str, float]]:
-    """[(adapter file, weight)] for ``styles`` ([(file or name, weight)]), refusing a bad weight and
+    """[(adapter file, weight)] for ``styles`` ([(file or name, weight)]; a mix takes each catalogue
+    style's slot adapter where it has one, ``StyleCatalog.resolve_mix``), refusing a bad weight and
     a style given twice (two names for one file count as twice; two files that share a name are
     two styles). With ``read``, each file is also read and validated now, before any other work."""
     resolved, seen = [], {}
     for style, weight in styles:
         check_weight(weight, style)
-        path = style_file(style, base_name, catalog)
+    files = (catalog or default_catalog()).resolve_mix([style for style, _ in styles], base_name)
+    for (style, weight), path in zip(styles, files):
+        path = str(path)
         key = bank_key(path)
         if key in seen:
             again = "" if seen[key] == style else f" (as {seen[key]!r})"

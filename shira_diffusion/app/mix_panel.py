@@ -219,7 +219,7 @@ def mix_report(base: str, styles: Sequence[str], weights: Sequence[float] = (), 
     for name in names:
         if name not in catalog:
             raise ShiraError(f"no style {name!r} (styles: {', '.join(catalog.names()) or 'none yet'})")
-    files = {n: catalog.resolve_adapter(n, label) for n in names}
+    files = dict(zip(names, catalog.resolve_mix(list(names), label)))  # the files a mix of them fuses
     slots = {n: adapter_slot(p) for n, p in files.items()}
     weight_space = (cache or WeightSpaceCache()).measure(label, files, progress)
     stored, missing_why = load_stored(label)

@@ -145,8 +145,8 @@ class AppService:
     def _mix(self, loaded: LoadedBase, catalog: StyleCatalog, styles) -> dict[str, float]:
         """Load the styles' adapters into the base's bank (again if a file changed); the bank mix."""
         mix = {}
-        for style, weight in styles:
-            path = catalog.resolve_adapter(style, loaded.name)
+        files = catalog.resolve_mix([style for style, _ in styles], loaded.name)
+        for (style, weight), path in zip(styles, files):
             key = bank_key(path)
             stat = os.stat(path)
             stamp = (stat.st_mtime, stat.st_size)
