@@ -226,15 +226,16 @@ def test_the_mix_panel_through_the_api(client, served, tmp_path, monkeypatch):
     monkeypatch.setenv("SHIRA_FUSION_DIR", str(tmp_path))  # the served app reads it at each request
     pair = "hatching+pastel"
     stored = {"base": "toy-sd", "prompts": 40, "weight": 1.0, "conflicting": [["pastel", "night"]],
-              "methods": {"shira-shared": {"pairs": {pair: {"retention": {"hatching": 0.94, "pastel": 0.88}}}},
+              "methods": {"shira-slots": {"pairs": {pair: {"retention": {"hatching": 0.94, "pastel": 0.88}}}},
                           "lora": {"pairs": {pair: {"retention": {"hatching": 0.61, "pastel": 0.9}}}}}}
     (tmp_path / "fusion-toy-sd.json").write_text(json.dumps(stored))
     weights = [1.0] * MAX_STYLES
 
     text, image, data = client.predict("toy-sd", ["hatching", "pastel"], *weights, api_name="/mix_report")
     assert "**hatching** keeps 94 % of its strength in this mix; as LoRAs 61 %" in text
-    assert "**hatching** and **pastel** overlap on 100 % of their entries (one shared mask" in text
-    assert data["pairs"]["hatching+pastel"]["method"] == "shira-shared" and Image.open(image).size[0] > 300
+    # A mix takes the bundled styles' slot adapters: disjoint entries, measured as "shira-slots".
+    assert "**hatching** and **pastel** overlap on 0 % of their entries (they share no weight)" in text
+    assert data["pairs"]["hatching+pastel"]["method"] == "shira-slots" and Image.open(image).size[0] > 300
     measured = served.shira_service.mix_cache.measured
 
     start = time.perf_counter()
