@@ -160,8 +160,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_exactly(toy_pipeline_folders
     checkpoints = tmp_path / "ink.checkpoints"
     # The same thread count as this process (the default): float sums split over threads differently
     # would differ in their last bits, and the comparison below is exact.
+    # SIGINT back to its default in the child: a test runner started in the background (``cmd &``)
+    # has it ignored, the child would inherit that, and Python then never installs its Ctrl-C handler.
     run = subprocess.Popen([sys.executable, str(ROOT / "train_style.py"), *_flags(base, data, out),
-                            "--checkpointing_steps", "2"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            "--checkpointing_steps", "2"], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list(checkpoints.glob("step-*.pt")) and run.poll() is None and time.time() < deadline:
         time.sleep(0.01)
