@@ -177,18 +177,6 @@ class StyleRecord:
         path = self.folder / self.thumbnail if self.thumbnail else None
         return path if path is not None and path.is_file() else None
 
-    def resolve_mix(self, styles: list[str], base: str) -> list[Path]:
-        """Adapter files for a mix of ``styles`` (names or paths) on ``base``: with two or more, each
-        catalogue style's ``MIX_VARIANT`` adapter where it has one, else its default adapter."""
-        files = []
-        for style in styles:
-            if len(styles) > 1 and not os.path.isfile(style) and style in self and \
-                    self.get(style).has_adapter(base, MIX_VARIANT):
-                files.append(self.get(style).adapter_path(base, MIX_VARIANT))
-            else:
-                files.append(self.resolve_adapter(style, base))
-        return files
-
     def training_captions(self) -> set[str]:
         """The captions of its training images (without trigger words), where they are kept."""
         folder = self.folder / (self.images or "images")

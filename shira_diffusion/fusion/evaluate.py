@@ -21,13 +21,14 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from ..bases import load_pipeline
 from ..bundled.specs import STYLES
 from ..catalog import default_catalog
-from ..core.adapter import SparseAdapter
+from ..core.adapter import SparseAdapter, write_atomically
 from ..core.bank import StyleBank
 from ..errors import ShiraError
 from ..generate import drop_empty_lora_layers, generate_batched, with_triggers
@@ -162,12 +163,8 @@ def _load_finished(path: str | None, result: dict) -> dict:
 
 
 def _save(path: str | None, result: dict) -> None:
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, path)  # a run stopped mid-write leaves the previous file whole
+    if path:  # a run stopped mid-write leaves the previous file whole
+        write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(result, indent=1)))
 
 
 def _mix_row(images, expected, members: Sequence[str], alone: dict[str, float], measures: dict) -> dict:
