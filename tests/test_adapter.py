@@ -320,3 +320,54 @@ def test_a_described_mask_that_does_not_fit_is_refused(tmp_path):
         save_file(tensors, str(path), metadata={**meta, "mask_spec": json.dumps(spec)})
         with pytest.raises(AdapterFileError, match=message):
             SparseAdapter.load(path)
+
+
+def _crafted_described_file(path, sizes: dict, shapes: dict, stored: int = 1, rank=None):
+    """A format-2 header claiming ``sizes`` (or ``rank``) over ``shapes``, with ``stored`` values each."""
+    from shira_diffusion.core.adapter import FORMAT_NAME, SPEC_FORMAT_VERSION
+
+    spec = {"strategy": "struct", "slot": None, **({"rank": rank} if rank else {"sizes": sizes})}
+    tensors = {name + ".shira_values": torch.zeros(stored, dtype=torch.float16) for name in shapes}
+    save_file(tensors, str(path), metadata={
+        "format": FORMAT_NAME, "format_version": str(SPEC_FORMAT_VERSION), "base_arch": "sd",
+        "shapes": json.dumps(shapes), "mask_spec": json.dumps(spec)})
+    return path
+
+
+@pytest.mark.parametrize("shapes,sizes,rank,message", [
+    ({"w": [10000, 10000]}, {"w": 100_000_000}, None, "stores 1 values"),  # the 330-byte upload of 1e8 entries
+    ({"w": [46000, 46000]}, {"w": 2_000_000_000}, None, "stores 1 values"),  # 2e9: would ask for 16 GB
+    ({"w": [40000, 40000]}, None, 10000, "stores 1 values"),  # a rank, not sizes
+    ({"w": [20_000_000, 100]}, {"w": 1}, None, "far too large"),  # one value, a walk of 20 million rows
+    ({"w": [100000, 100000]}, {"w": 1}, None, "int32"),
+])
+def test_a_crafted_header_is_refused_before_anything_is_built(tmp_path, shapes, sizes, rank, message):
+    import resource
+    import time
+
+    from shira_diffusion.core.masks import DESCRIBED_MASK_CACHE
+
+    path = _crafted_described_file(tmp_path / "x.safetensors", sizes, shapes, rank=rank)
+    assert path.stat().st_size < 600
+    cached = DESCRIBED_MASK_CACHE.nbytes
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(AdapterFileError, match=message):
+        SparseAdapter.load(path)
+    assert time.perf_counter() - start < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100_000  # KB: nothing near the claim
+    assert DESCRIBED_MASK_CACHE.nbytes == cached  # a refused file leaves nothing cached
+
+
+def test_the_described_mask_cache_is_bounded_by_bytes():
+    from shira_diffusion.core.masks import _TensorCache, described_struct_indices
+
+    cache = _TensorCache(max_bytes=4000)
+    for i in range(10):
+        cache.get(("k", i), lambda: torch.zeros(250, dtype=torch.int32))  # 1000 bytes each
+    assert cache.nbytes <= 4000 and len(cache._items) == 4
+    assert ("k", 9) in cache._items and ("k", 0) not in cache._items  # the oldest went first
+    cache.get(("big",), lambda: torch.zeros(2000, dtype=torch.int32))  # larger than the whole cache: not kept
+    assert ("big",) not in cache._items
+    first = described_struct_indices((64, 32), 96, 1)
+    assert described_struct_indices((64, 32), 96, 1) is first  # still computed once per shape

@@ -108,6 +108,46 @@ def test_training_folder_pairs_images_with_captions(tmp_path, home):
     assert str(dest).startswith(str(home))
 
 
+def _colour_of(png) -> tuple:
+    return tuple(int(c) for c in np.asarray(Image.open(png).convert("RGB"))[0, 0])
+
+
+def test_training_uploads_whose_names_flatten_alike_all_keep_their_own_caption(tmp_path, home):
+    """``a-b/x.png`` and ``a/b-x.png`` in a zip, ``My Photo.png`` and ``my-photo.png`` uploaded: four
+    images, each trained once with its own caption; nothing vanishes, nothing trains twice."""
+    colours = {"a-b/x": (250, 0, 0), "a/b-x": (0, 250, 0), "My Photo": (0, 0, 250), "my-photo": (250, 250, 0)}
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for member in ("a-b/x", "a/b-x"):
+            z.write(_image(tmp_path / "tmp.png", colours[member]), f"{member}.png")
+            z.writestr(f"{member}.txt", f"caption of {member}")
+    uploaded = []
+    for stem in ("My Photo", "my-photo"):
+        uploaded.append(_image(tmp_path / f"{stem}.png", colours[stem]))
+        (tmp_path / f"{stem}.txt").write_text(f"caption of {stem}")
+        uploaded.append(tmp_path / f"{stem}.txt")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    dest = uploads.new_work_folder("jobs") / "data"
+    assert uploads.training_folder([archive, *uploaded], dest) == (4, 4)
+    pngs = sorted(dest.glob("*.png"))
+    assert len(pngs) == 4 and len(list(dest.glob("*.txt"))) == 4
+    by_caption = {p.with_suffix(".txt").read_text(): _colour_of(p) for p in pngs}
+    assert by_caption == {f"caption of {stem}": colour for stem, colour in colours.items()}
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # uploads untouched
+
+
+def test_two_captions_of_one_name_are_refused(tmp_path, home):
+    """Uploaded from two folders, two ``x.txt`` cannot both caption ``x.png``: say so, write nothing."""
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir(), second.mkdir()
+    (first / "x.txt").write_text("one caption")
+    (second / "x.txt").write_text("another caption")
+    dest = uploads.new_work_folder("jobs") / "data"
+    with pytest.raises(ShiraError, match="two captions named x.txt"):
+        uploads.training_folder([_image(first / "x.png"), first / "x.txt", second / "x.txt"], dest)
+    assert not list(dest.glob("*"))
+
+
 @pytest.mark.parametrize("entry", ["../evil.png", "/etc/evil.png", "a/../../evil.png", "C:/evil.png"])
 def test_a_zip_entry_outside_its_folder_is_refused(tmp_path, home, entry):
     archive = tmp_path / "bad.zip"

@@ -82,3 +82,29 @@ def test_decoder_stage_changes_only_the_decoder(tmp_path):
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
     card = (tmp_path / "b" / "README.md").read_text()
     assert "--decoder-steps 2" in card and "--vae-steps 2" in card
+
+
+class _RunsCode:
+    """A pickled object that would run code when unpickled: what a crafted checkpoint carries."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_runs_no_code_when_resumed(tmp_path):
+    """``--resume`` loads only tensors, numbers and strings (``weights_only``), whatever the torch."""
+    import pickle
+
+    from shira_diffusion.toy.train_base import load_checkpoint
+
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "checkpoint-5.pt"
+    torch.save({"step": 5, "payload": _RunsCode(str(marker))}, crafted)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(str(crafted))
+    assert not marker.exists()
+    plain = tmp_path / "checkpoint-6.pt"
+    torch.save({"step": 6, "stage": "vae", "unet": {"w": torch.ones(2)}, "optimizer": {"betas": (0.9, 0.99)}}, plain)
+    assert load_checkpoint(str(plain))["step"] == 6

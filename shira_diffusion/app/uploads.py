@@ -143,9 +143,11 @@ def _safe_member(info: zipfile.ZipInfo, archive: str) -> PurePosixPath | None:
     return path
 
 
-def unpack_zip(path, dest: Path) -> list[Path]:
-    """Extract the images and captions of a zip into ``dest`` (flat, sanitised names), checked
-    entry by entry before anything is written."""
+def unpack_zip(path, dest: Path) -> list[tuple[str, Path]]:
+    """Extract the images and captions of a zip into ``dest``, checked entry by entry before anything
+    is written. Returns (the member's path in the archive, where it was written) per file: each
+    member gets its own numbered file, so members whose names differ only in folders, case or
+    separators (``a-b/x.png``, ``a/b-x.png``) all survive."""
     archive = _label(path)
     check_size(path, MAX_ZIP_BYTES, "a zip archive")
     try:
@@ -167,56 +169,80 @@ def unpack_zip(path, dest: Path) -> list[Path]:
             if info.file_size > limit:
                 raise ShiraError(f"{archive}: entry {info.filename!r} is over the {limit // 1024} KB per-file limit")
         written = []
-        for info, member in members:
-            target = dest / _flat_name(member)
+        for number, (info, member) in enumerate(members):
+            target = dest / f"{uuid.uuid4().hex[:8]}-{number}{member.suffix.lower()}"
             with handle.open(info) as source, open(target, "wb") as out:  # reads at most file_size bytes
                 shutil.copyfileobj(source, out, length=MB)
-            written.append(target)
+            written.append((str(member), target))
     return written
 
 
-def _flat_name(member: PurePosixPath) -> str:
-    """``a/b/0001.PNG`` -> ``a-b-0001.png``: unique per member, sanitised, same stem for a caption."""
-    stem = sanitize_name("-".join([*member.parent.parts, member.stem])) if member.parent.parts else sanitize_name(member.stem)
-    return stem + member.suffix.lower()
+def _flat_name(member: str) -> str:
+    """``a/b/0001.PNG`` -> ``a-b-0001``: a readable, sanitised file stem (not unique: see ``_unique``)."""
+    path = PurePosixPath(member)
+    return sanitize_name("-".join([*path.parent.parts, path.stem]))
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ... whichever is not yet in ``taken`` (then added to it)."""
+    name, number = stem, 1
+    while name.lower() in taken:  # case-folded: the folder may be on a case-insensitive disk
+        number += 1
+        name = f"{stem}-{number}"
+    taken.add(name.lower())
+    return name
+
+
+def _pairing_key(original: str) -> str:
+    """What pairs an image with its caption: the same path without its suffix, exactly (as kohya and
+    diffusers' folders pair ``x.png`` with ``x.txt``); no case folding or sanitising, so two
+    different names never share a caption."""
+    path = PurePosixPath(original)
+    return str(path.with_suffix(""))
 
 
 def training_folder(files, dest: Path, caption_for_all: str = "") -> tuple[int, int]:
     """Put uploaded images (files and zips) with their captions into ``dest`` as a captioned image
-    folder: ``NAME.png`` + ``NAME.txt``. A same-name ``.txt`` is an image's caption; otherwise
-    ``caption_for_all``. Returns (images, captioned by their own .txt)."""
+    folder: ``NAME.png`` + ``NAME.txt``. A ``.txt`` with the same name (the same path, in a zip) is an
+    image's caption; otherwise ``caption_for_all``. Every image is kept under its own name, however
+    alike two names are. Returns (images, captioned by their own .txt)."""
     dest.mkdir(parents=True, exist_ok=True)
     staging = dest / ".staging"
     staging.mkdir(exist_ok=True)
     try:
-        paths = []
+        entries = []  # (pairing key, shown name, file)
         for file in files or []:
             file = str(file)
             suffix = Path(file).suffix.lower()
             if suffix == ".zip":
-                paths.extend(unpack_zip(file, staging))
+                archive = _label(file)
+                entries.extend((f"{archive}/{_pairing_key(member)}", member, staged)
+                               for member, staged in unpack_zip(file, staging))
             elif suffix in (*IMAGE_SUFFIXES, ".txt"):
-                paths.append(Path(file))
+                entries.append((_pairing_key(Path(file).name), Path(file).name, Path(file)))
             else:
                 raise ShiraError(f"{_label(file)}: only images ({', '.join(IMAGE_SUFFIXES)}), .txt captions "
                                  "and .zip archives are accepted for training")
-        captions = {sanitize_name(p.stem): _read_caption(p) for p in paths if p.suffix.lower() == ".txt"}
-        images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+        captions = {}
+        for key, shown, path in entries:
+            if path.suffix.lower() == ".txt":
+                if key in captions:
+                    raise ShiraError(f"two captions named {shown}: rename one (each image pairs with the .txt of "
+                                     "its own name)")
+                captions[key] = _read_caption(path)
+        images = [(key, shown, path) for key, shown, path in entries if path.suffix.lower() in IMAGE_SUFFIXES]
         if not images:
             raise ShiraError("no training images: upload images (or a zip of them)")
         if len(images) > MAX_TRAINING_IMAGES:
             raise ShiraError(f"{len(images)} images: at most {MAX_TRAINING_IMAGES} per style")
-        own, seen = 0, set()
-        for path in images:
-            stem = sanitize_name(path.stem)
-            caption = captions.get(stem) or caption_for_all.strip()
+        own, taken = 0, set()
+        for key, shown, path in images:
+            caption = captions.get(key) or caption_for_all.strip()
             if not caption:
-                raise ShiraError(f"{path.name} has no caption: add a same-name .txt, or one caption for all")
-            own += stem in captions
-            name = stem
-            while name in seen:
-                name = f"{stem}-{len(seen)}"
-            seen.add(name)
+                raise ShiraError(f"{PurePosixPath(shown).name} has no caption: add a same-name .txt, "
+                                 "or one caption for all")
+            own += key in captions
+            name = _unique(_flat_name(shown), taken)
             check_image(path).save(dest / f"{name}.png")
             (dest / f"{name}.txt").write_text(caption, encoding="utf-8")
         return len(images), own

@@ -249,7 +249,8 @@ class SparseAdapter:
             spec = _header_json(path, meta, "mask_spec", "null")
             if indices:
                 raise AdapterFileError(f"{path}: a version-2 file describes its mask; it may not also list indices")
-            indices = _indices_from_spec(spec, {k: tuple(v) for k, v in shapes.items()}, path, tensors=list(values))
+            indices = _indices_from_spec(spec, {k: tuple(v) for k, v in shapes.items()}, path, tensors=list(values),
+                                         counts={k: int(v.numel()) for k, v in values.items()})
         adapter = cls.__new__(cls)
         adapter.indices, adapter.values = indices, values
         adapter.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
@@ -314,6 +315,9 @@ def _check_shapes_field(path: str, shapes) -> None:
         if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
             raise AdapterFileError(f"{path}: header field 'shapes': tensor {name!r} has shape {json.dumps(shape)[:80]}, "
                                    "expected a list of positive integers")
+        if math.prod(shape) > MAX_INT32:
+            raise AdapterFileError(f"{path}: header field 'shapes': tensor {name!r} has {math.prod(shape)} elements, "
+                                   "more than int32 flat indices address")
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = True) -> None:
@@ -327,8 +331,10 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None], over
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     temporary = create_temporary(folder, os.path.basename(path))
+    mode = os.stat(temporary).st_mode
     try:
         write(temporary)
+        os.chmod(temporary, mode)  # writers that replace the file (safetensors' save_file) leave it 0600
         if overwrite:
             os.replace(temporary, path)
             return
@@ -387,9 +393,14 @@ def check_writable_folder(folder: str | os.PathLike, label: str = "") -> None:
 
 
 def _indices_from_spec(spec, shapes: Mapping[str, tuple], path: str = "adapter",
-                       tensors: list[str] | None = None) -> dict[str, torch.Tensor]:
+                       tensors: list[str] | None = None,
+                       counts: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
     """The int32 indices a ``mask_spec`` describes: per-tensor ``sizes``, or a ``rank`` (r * (rows +
-    cols) entries) on each of ``tensors`` (those the file holds values of)."""
+    cols) entries) on each of ``tensors`` (those the file holds values of).
+
+    With ``counts`` (the stored values per tensor, as in a file being loaded) every size the header
+    claims is checked against them, and the work of rebuilding against what is stored, before
+    anything is built: a 330-byte file must not make the loader build a mask of 1e8 entries."""
     from .masks import described_struct_indices, matrix_shape
 
     if not isinstance(spec, dict) or spec.get("strategy") != "struct":
@@ -401,14 +412,33 @@ def _indices_from_spec(spec, shapes: Mapping[str, tuple], path: str = "adapter",
     if not isinstance(spec.get("sizes"), dict):
         raise AdapterFileError(f"{path}: header field 'mask_spec' must give a rank and tensors, or per-tensor sizes")
     slot = spec.get("slot")
-    if slot is not None and not isinstance(slot, int):
+    if slot is not None and type(slot) is not int:
         raise AdapterFileError(f"{path}: header field 'mask_spec' has slot {slot!r}, expected an integer or null")
-    indices = {}
     for name, size in spec["sizes"].items():
         if name not in shapes or type(size) is not int or not 0 < size <= math.prod(shapes[name]):
             raise AdapterFileError(f"{path}: header field 'mask_spec' sizes tensor {name!r} as {size!r}")
-        indices[name] = described_struct_indices(tuple(shapes[name]), size, slot)
-    return indices
+        if counts is not None and size != counts.get(name):
+            raise AdapterFileError(f"{path}: header field 'mask_spec' sizes tensor {name!r} as {size} entries "
+                                   f"but the file stores {counts.get(name, 0)} values for it")
+    if counts is not None:
+        _check_rebuild_work(path, {n: shapes[n] for n in spec["sizes"]}, sum(counts.values()))
+    return {name: described_struct_indices(tuple(shapes[name]), size, slot) for name, size in spec["sizes"].items()}
+
+
+# Rebuilding a described mask touches about rows + cols entries per tensor beyond the mask itself;
+# every real adapter's masks are at least that large (r * (rows + cols), or 1-2 % of a UNet weight).
+# A header whose shapes are far larger than its stored values is refused rather than rebuilt.
+REBUILD_WORK_PER_VALUE = 64
+REBUILD_WORK_FLOOR = 2**22
+
+
+def _check_rebuild_work(path: str, shapes: Mapping[str, tuple], stored: int) -> None:
+    from .masks import matrix_shape
+
+    work = sum(sum(matrix_shape(shape)) for shape in shapes.values())
+    if work > REBUILD_WORK_PER_VALUE * stored + REBUILD_WORK_FLOOR:
+        raise AdapterFileError(f"{path}: header shapes (rows + cols = {work}) are far too large for the "
+                               f"{stored} values the file stores; the file was crafted or damaged")
 
 
 def _check_keys(path: str, keys: list[str]) -> None:

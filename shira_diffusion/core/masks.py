@@ -22,8 +22,9 @@ so SHiRA and LoRA can be compared at equal parameter count (PEFT's ShiraConfig d
 
 from __future__ import annotations
 
-import functools
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -116,7 +117,7 @@ def struct_slot_mask(shape: Iterable[int], size: int, slot: int, slots: int = SL
         free = rows - n_rows * slots  # rows [0, free) hold the bands and diagonals
         if free < 1 or band_start + slots >= cols:
             # Too narrow or too short for the layout: every slots-th entry, offset by the slot.
-            return torch.arange(slot, rows * cols, slots, dtype=torch.int64)[:size]
+            return torch.arange(slot, min(rows * cols, slot + size * slots), slots, dtype=torch.int64)
         shortest_diagonal = max(0, min(free, cols - band_start - slots + 1))  # the last slot's
         if shortest_diagonal + width * free + n_rows * cols >= size:
             break
@@ -135,13 +136,59 @@ def struct_slot_mask(shape: Iterable[int], size: int, slot: int, slots: int = SL
     return chosen.sort().values
 
 
-@functools.lru_cache(maxsize=256)
+class _TensorCache:
+    """Tensors by key, least recently used dropped first once they hold more than ``max_bytes``.
+
+    ``functools.lru_cache`` bounds entries, not bytes: 256 entries of adapters from anywhere (an
+    app serving uploads) could hold gigabytes. Thread-safe: the app's requests share it."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()  # outside the lock: other shapes need not wait
+        size = value.numel() * value.element_size()
+        with self._lock:
+            if key not in self._items and size <= self.max_bytes:
+                self._items[key] = value
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, dropped = self._items.popitem(last=False)
+                    self._bytes -= dropped.numel() * dropped.element_size()
+        return value
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+DESCRIBED_MASK_CACHE = _TensorCache(max_bytes=256 * 2**20)  # every SD1.5/SDXL slot of one size fits
+
+
 def described_struct_indices(shape: tuple, size: int, slot: int | None) -> torch.Tensor:
     """The int32 indices a described Struct mask stands for, computed once per (shape, size, slot)
     in a process: a UNet repeats a dozen shapes over its 100+ adapted tensors, and every style on a
     base repeats them all. The tensor is shared: treat it as read-only."""
-    mask = struct_mask(shape, size) if slot is None else struct_slot_mask(shape, size, slot)
-    return mask.to(torch.int32)
+    def make() -> torch.Tensor:
+        mask = struct_mask(shape, size) if slot is None else struct_slot_mask(shape, size, slot)
+        return mask.to(torch.int32)
+
+    return DESCRIBED_MASK_CACHE.get((tuple(shape), int(size), slot), make)
+
+
+described_struct_indices.cache_clear = DESCRIBED_MASK_CACHE.clear  # as functools' caches have
 
 
 def _first_unique(ordered: torch.Tensor) -> torch.Tensor:
@@ -153,10 +200,12 @@ def _first_unique(ordered: torch.Tensor) -> torch.Tensor:
 
 
 def _fill_to(chosen: torch.Tensor, size: int, numel: int) -> torch.Tensor:
-    """Sorted ``chosen``, topped up with the lowest unused indices if it is short of ``size``."""
+    """Sorted ``chosen``, topped up with the lowest unused indices if it is short of ``size``.
+    Those lie below ``len(chosen) + size``: only that much is marked, never the whole weight."""
     if len(chosen) < size:
-        taken = torch.zeros(numel, dtype=torch.bool)
-        taken[chosen] = True
+        span = min(numel, len(chosen) + size)
+        taken = torch.zeros(span, dtype=torch.bool)
+        taken[chosen[chosen < span]] = True
         chosen = torch.cat([chosen, torch.nonzero(~taken).flatten()[: size - len(chosen)]])
     return chosen.sort().values
 

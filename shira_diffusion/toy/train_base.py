@@ -145,6 +145,13 @@ def _save_checkpoint(work, stage_step, pipe, opt, stage, family, keep=2, extra=N
         os.remove(old)
 
 
+def load_checkpoint(path: str, device="cpu") -> dict:
+    """A checkpoint ``_save_checkpoint`` wrote: tensors, numbers and strings only. ``weights_only``
+    refuses any other pickled object (which could run code when loaded) on every torch >= 2.4 this
+    package accepts, not just on those where it is the default."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
 def save_samples(pipe, path: str, prompts=SAMPLE_PROMPTS, steps: int = 20, seed: int = 0) -> None:
     from PIL import Image
 
@@ -233,7 +240,7 @@ def train(args) -> dict:
     unet_opt = torch.optim.AdamW(unet_params, lr=args.unet_lr, weight_decay=1e-2)
     optimizers = {"vae": vae_opt, "unet": unet_opt, "decoder": decoder_opt}
     if args.resume and _checkpoints(work):
-        state = torch.load(_checkpoints(work)[-1], map_location=device)
+        state = load_checkpoint(_checkpoints(work)[-1], device)
         step = state["step"]
         pipe.vae.load_state_dict(state["vae"])
         pipe.unet.load_state_dict(state["unet"])
