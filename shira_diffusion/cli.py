@@ -304,8 +304,9 @@ def _add_styles_parser(commands, variants) -> None:
     add.add_argument("--description", default="")
     add.add_argument("--trigger", help="default: the adapter's own trigger")
     add.add_argument("--overwrite", action="store_true", help="replace the style's adapter for this base")
-    remove = kinds.add_parser("remove", help="delete one of your styles")
+    remove = kinds.add_parser("remove", help="delete one of your styles (and what an unfinished add of it left)")
     remove.add_argument("name")
+    remove.add_argument("--force", action="store_true", help="also a style whose style.json is unreadable")
 
     names, bases = sorted(STYLES), ["toy-sd", "toy-sdxl"]
     defaults = " and ".join(BUILT_BY_DEFAULT)
@@ -360,17 +361,19 @@ def _cmd_styles(args) -> None:
             print(f"{r.name:16} {r.source:8} {','.join(r.bases()) or '-':18} {r.trigger or '-':10} {r.description}")
         return
     if action == "add":
+        from .catalog import check_adapter_for_base
         from .core.adapter import SparseAdapter
 
         adapter = SparseAdapter.load(args.adapter)  # validated before anything is copied
+        check_adapter_for_base(adapter, args.base)  # the base exists here, and is the adapter's family
         record = catalog.add(args.name, args.adapter, args.base, description=args.description or adapter.description,
                              trigger=adapter.trigger if args.trigger is None else args.trigger,
                              overwrite=args.overwrite)
         print(f"added {record.name} ({args.base}) in {record.folder}")
         return
     if action == "remove":
-        catalog.remove(args.name)
-        print(f"removed {args.name}")
+        removed = catalog.remove(args.name, force=args.force)
+        print(f"removed {args.name}: {', '.join(str(p) for p in removed)}")
         return
     names, bases, variants = args.style or list(STYLES), args.base or ["toy-sd", "toy-sdxl"], \
         args.variants or BUILT_BY_DEFAULT
@@ -422,7 +425,8 @@ def _cmd_generate(args) -> None:
     import os
 
     from .bases import load_pipeline
-    from .generate import check_outputs, check_seed, generate, parse_style, resolve_styles, save_images
+    from .generate import (base_scheduler, check_outputs, check_seed, check_steps, generate, parse_style,
+                           resolve_styles, save_images)
 
     # Everything that can be checked is checked before the pipeline loads: styles and weights,
     # prompts, seeds, the output (writable, an image format, nothing replaced without --overwrite).
@@ -439,6 +443,9 @@ def _cmd_generate(args) -> None:
     if weight != 1.0:
         styles = [(styles[0][0], weight)]
     resolve_styles(styles, base_name, read=True)  # every adapter file read and validated now
+    scheduler = base_scheduler(args.base)
+    if scheduler is not None:  # else generate checks the steps once the base is loaded, before any image
+        check_steps(scheduler, args.steps)
     if args.guidance is None and guidance != DEFAULT_GUIDANCE:
         print(f"guidance {guidance:g}: recommended for {styles[0][0]} on {base_name} (style.json; --guidance sets it)",
               file=sys.stderr)
@@ -769,6 +776,7 @@ def _add_transfer_parsers(commands, ev_kinds) -> None:
 
 
 def _cmd_transfer(args) -> None:
+    from .training import TrainingInterrupted
     from .transfer import TransferConfig, transfer
     from .transfer.batch import transfer_folder
 
@@ -782,14 +790,19 @@ def _cmd_transfer(args) -> None:
                             stored_discriminator=args.stored_discriminator,
                             steps=args.steps, rank=args.rank, slot=args.slot, guidance=args.guidance,
                             sample_steps=args.sample_steps, seed=args.seed, overwrite=args.overwrite)
-    if args.adapters:
-        if args.out.endswith(".safetensors"):
-            raise ShiraError("with --adapters, --out is a folder for the new adapters")
-        status = transfer_folder(args.adapters, args.out, config)
-        for name, state in status.items():
-            print(f"{name}: {state}")
-        return
-    report = transfer(config)
+    if args.adapters and args.out.endswith(".safetensors"):
+        raise ShiraError("with --adapters, --out is a folder for the new adapters")
+    try:
+        if args.adapters:
+            for name, state in transfer_folder(args.adapters, args.out, config).items():
+                print(f"{name}: {state}")
+            return
+        report = transfer(config)
+    except TrainingInterrupted as exc:  # Ctrl-C in the student's training: it wrote a checkpoint
+        print(f"shira: interrupted at the student's step {exc.record['steps']} of {exc.record['total_steps']}; "
+              "the kept samples and the student's checkpoint are saved: run the same command to resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     f = report["filter"]
     print(f"wrote {args.out} ({report['target']['kind']} on {args.target_base}); kept {f['kept']} of {f['drawn']} "
           f"drawn (acceptance {f['acceptance_rate']:.0%}), MMD to the seeds {f['mmd_before']:.3f} -> "

@@ -54,6 +54,64 @@ def check_seed(seed: int, count: int = 1) -> int:
     return seed
 
 
+def check_steps(scheduler, steps: int, flag: str = "--steps") -> int:
+    """Refuses a number of denoising steps ``scheduler`` cannot take (more than its training
+    timesteps, or a schedule past its last one), with the largest it takes."""
+    if not _takes_steps(scheduler, steps):
+        top = max_steps(scheduler)
+        raise ShiraError(f"{flag} {steps} is beyond the base's scheduler ({type(scheduler).__name__}, "
+                         f"{scheduler.config.num_train_timesteps} training timesteps): use at most {top}")
+    return steps
+
+
+def max_steps(scheduler) -> int:
+    """The largest number of steps ``scheduler`` takes (a bisection: the schedules only grow)."""
+    low, high = 0, int(scheduler.config.num_train_timesteps)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if _takes_steps(scheduler, middle) else (low, middle - 1)
+    return low
+
+
+def _takes_steps(scheduler, steps: int) -> bool:
+    """Whether ``steps`` gives a schedule inside the training timesteps, tried on a copy (never on
+    the pipeline's own scheduler, and never for more steps than timesteps: nothing huge is built)."""
+    total = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    if total is None:
+        return steps >= 1  # a scheduler without a training schedule: nothing to check against
+    total = int(total)
+    if not 1 <= steps <= total:
+        return False
+    probe = type(scheduler).from_config(scheduler.config)
+    try:
+        probe.set_timesteps(steps)
+    except (ValueError, IndexError):
+        return False
+    timesteps = torch.as_tensor(probe.timesteps)
+    return len(timesteps) > 0 and float(timesteps.min()) >= 0 and float(timesteps.max()) < total
+
+
+def base_scheduler(base) -> object | None:
+    """The scheduler of a bundled or folder base, read from its config without loading the model;
+    None where it is not known before loading (a single file, a Hub id, an unreadable config)."""
+    import json
+
+    import diffusers
+
+    from .bases import resolve
+
+    try:
+        source = resolve(base)
+        path = os.path.join(source.location, "scheduler", "scheduler_config.json")
+        if source.kind not in ("bundled", "folder") or not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        return getattr(diffusers, config["_class_name"]).from_config(config)
+    except (ShiraError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # checked once the base is loaded
+
+
 def parse_style(text: str) -> tuple[str, float]:
     """``FILE_OR_NAME[=WEIGHT]`` -> (file or name, weight)."""
     name, sep, weight = text.rpartition("=") if "=" in text else (text, "", "1")
@@ -158,6 +216,7 @@ def generate(
         raise ShiraError("nothing to generate: no prompt given")
     if steps < 1:
         raise ShiraError(f"steps must be at least 1, got {steps}")
+    check_steps(pipe.scheduler, steps, "steps")
     check_guidance(guidance_scale)
     check_seed(seed, len(prompts))
     resolved = resolve_styles(styles, base_name, catalog)

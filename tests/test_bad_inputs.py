@@ -71,7 +71,17 @@ def work(tmp_path_factory):
     (w / "list.json").write_text("[1, 2]")
     (w / "existing.safetensors").write_bytes(frame.read_bytes())
     assert main(["export-peft", str(frame), str(w / "peft")]) == 0
+    _user_styles(w / "home" / "styles", frame)
     return w
+
+
+def _user_styles(root: Path, adapter: Path) -> None:
+    """$SHIRA_HOME/styles for the table: a style "kept" and a style "broken" whose style.json is not JSON."""
+    from shira_diffusion.catalog import StyleCatalog
+
+    StyleCatalog(BUNDLED, root).add("kept", adapter, "toy-sd")
+    StyleCatalog(BUNDLED, root).add("broken", adapter, "toy-sd")
+    (root / "broken" / "style.json").write_text("{oops")
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -104,6 +114,9 @@ CASES = {
     "seed batch past 2^64": ([*GEN, "--prompts-file", "{w}/prompts.txt", "--out", "{w}/new", "--seed", str(2**64 - 1)],
                              1, "seed 18446744073709551615"),
     "steps 0": ([*ONE, "--out", "{w}/n.png", "--steps", "0"], 2, "--steps"),
+    # Past the base's scheduler (1000 timesteps, steps_offset 1): refused from its config, before loading.
+    "steps 1000": ([*ONE, "--out", "{w}/n.png", "--steps", "1000"], 1, "--steps 1000 is beyond the base's scheduler"),
+    "steps 10^9": ([*ONE, "--out", "{w}/n.png", "--steps", "1000000000"], 1, "use at most 999"),
     "weight 1e9": ([*ONE, "--out", "{w}/n.png", "--style", A + "=1e9"], 1, "1e+09"),
     "weight 1e39": ([*ONE, "--out", "{w}/n.png", "--style", A + "=1e39"], 1, "1e+39"),
     "weight nan": ([*ONE, "--out", "{w}/n.png", "--style", A + "=nan"], 1, "nan"),
@@ -147,12 +160,37 @@ CASES = {
     "import unet config a list": (["import-peft", "{w}/peft", "{w}/new.safetensors", "--unet-config", "{w}/list.json"],
                                   1, "list.json"),
     "import for another arch": (["import-peft", "{w}/peft", "{w}/new.safetensors", "--arch", "sd15"], 1, "peft"),
+    # An output name whose temporary name (".NAME.<8 hex>.tmp", beside it) is past NAME_MAX (255):
+    # refused before any model loads, not after training.
+    "train output name too long": (["train", "--base", "toy-sd", "--train_data_dir", "{w}/a", "--output",
+                                    "{w}/" + "x" * 238 + ".safetensors"], 1, "--output: the file name"),
+    "transfer out name too long": (["transfer", "--adapter", A, "--from", "toy-sd", "--to", "toy-sdxl", "--seed-data",
+                                    "{w}/a", "--out", "{w}/" + "x" * 238 + ".safetensors"], 1, "--out: the file name"),
+    "convert out name too long": (["convert", A, "--base", "toy-sd", "--out", "{w}/" + "x" * 238 + ".safetensors"], 1,
+                                  "--out: the file name"),
     "unknown command": (["frobnicate"], 2, "frobnicate"),
+    # the style catalogue ($SHIRA_HOME is {w}/home): refused before anything is copied
+    "styles add for another family": (["styles", "add", "new", str(BUNDLED / "pastel" / "pastel.toy-sdxl.safetensors"),
+                                       "--base", "toy-sd"], 1, "base 'toy-sd': pastel was made for an SDXL-family"),
+    "styles add for an unknown base": (["styles", "add", "new", A, "--base", "toy-sd15"], 1, "unknown base 'toy-sd15'"),
+    "styles add for a base not here": (["styles", "add", "new", A, "--base", "no-org/no-model"], 1,
+                                       "'no-org/no-model' is not in the local Hugging Face cache"),
+    "styles add to a corrupt record": (["styles", "add", "broken", str(BUNDLED / "pastel" / "pastel.toy-sdxl.safetensors"),
+                                        "--base", "toy-sdxl"], 1,
+                                       "broken/style.json: not a readable style record"),
+    "styles add over a corrupt record": (["styles", "add", "broken", A, "--base", "toy-sd", "--overwrite"], 1,
+                                         "remove broken --force"),
+    "styles remove a corrupt record": (["styles", "remove", "broken"], 1, "broken/style.json"),
+    "styles add an existing adapter": (["styles", "add", "kept", A, "--base", "toy-sd"], 1,
+                                       "'kept' already has a shira adapter for toy-sd"),
+    "styles remove nothing": (["styles", "remove", "ghost"], 1, "no style 'ghost'"),
+    "styles remove a path": (["styles", "remove", "../home"], 1, "style name '../home'"),
 }
 
 
-def test_every_bad_input_is_one_line_and_changes_nothing(work, capsys):
+def test_every_bad_input_is_one_line_and_changes_nothing(work, capsys, monkeypatch):
     """All cases in one test: the module's files are hashed once before and checked after each."""
+    monkeypatch.setenv("SHIRA_HOME", str(work / "home"))  # the user's styles: part of what must not change
     before = _hashes(work)
     failures = []
     for case, (args, code, culprit) in CASES.items():
@@ -163,6 +201,30 @@ def test_every_bad_input_is_one_line_and_changes_nothing(work, capsys):
         elif _hashes(work) != before:
             failures.append(f"{case}: files changed")
     assert not failures, "\n".join(failures)
+
+
+def test_styles_remove_is_the_way_out_of_a_corrupt_record_and_a_killed_add(tmp_path, monkeypatch, capsys):
+    """``styles remove NAME --force`` deletes a style whose style.json is unreadable; ``styles
+    remove`` deletes what a killed add left and says what, or that there is nothing; other styles
+    stay as they were."""
+    monkeypatch.setenv("SHIRA_HOME", str(tmp_path))
+    frame, root = BUNDLED / "frame" / "frame.toy-sd.safetensors", tmp_path / "styles"
+    _user_styles(root, frame)
+    kept = _hashes(root / "kept")
+    capsys.readouterr()
+    assert main(["styles", "remove", "broken", "--force"]) == 0
+    assert capsys.readouterr().out == f"removed broken: {root / 'broken'}\n" and not (root / "broken").exists()
+    stage = root / ".ghost.adding-0badf00d"  # a killed add's staging folder
+    stage.mkdir()
+    (stage / "ghost.toy-sd.safetensors").write_bytes(frame.read_bytes()[:1000])
+    assert main(["styles", "list"]) == 0 and "ghost" not in capsys.readouterr().out
+    assert main(["styles", "remove", "ghost"]) == 0
+    assert capsys.readouterr().out == f"removed ghost: {stage}\n" and not stage.exists()
+    code, err = _run(["styles", "remove", "ghost"], capsys)
+    assert code == 1 and err.startswith("shira: error: no style 'ghost', and nothing an unfinished add of it left")
+    assert len(err.splitlines()) == 1 and "kept" in err
+    assert main(["styles", "add", "broken", str(frame), "--base", "toy-sd"]) == 0  # the name is free again
+    assert _hashes(root / "kept") == kept
 
 
 def test_unexpected_errors_are_one_line_with_the_traceback_behind_debug(monkeypatch, capsys):
@@ -251,6 +313,9 @@ def test_two_files_with_one_name_are_two_styles_and_bad_mixes_are_refused(pipe, 
             generate(pipe, [PROMPT], steps=2, **kwargs)
     with pytest.raises(ShiraError, match="seed 18446744073709551615"):
         generate(pipe, [PROMPT, PROMPT], steps=2, seed=2**64 - 1)
+    with pytest.raises(ShiraError, match="steps 1000 is beyond the base's scheduler .*at most 999"):
+        generate(pipe, [PROMPT], steps=1000)  # a loaded pipeline: its own scheduler, before any image
+    assert pipe.scheduler.num_inference_steps != 1000  # tried on a copy
     for key, value in pipe.unet.state_dict().items():
         assert torch.equal(value, base[key]), key
 

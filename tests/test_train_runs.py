@@ -207,3 +207,95 @@ def test_atomic_outputs_are_not_private(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "run.json").stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_write_cut_short_and_a_corrupt_checkpoint_get_one_verdict(pipe, data, tmp_path, caplog):
+    """A kill during a checkpoint write leaves ``step-N.pt.tmp``: no checkpoint, for a resume and a
+    plain rerun alike. A corrupt newest checkpoint gives way to the one before, with a warning, and
+    the run still ends bit-exactly. All corrupt: one refusal both ways, nothing removed."""
+    import logging
+
+    config = dict(FAST, train_data_dir=data, output=str(tmp_path / "run.safetensors"), checkpointing_steps=1)
+    whole = train(TrainConfig(**dict(config, output=str(tmp_path / "whole.safetensors"))), pipeline=pipe)
+    stop = threading.Event()
+    train(TrainConfig(**config), pipeline=pipe,
+          callbacks=TrainCallbacks(on_step=lambda step, total, loss: step == 3 and stop.set(), stop=stop))
+    folder = tmp_path / "run.checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-000002.pt", "step-000003.pt"]
+    (folder / "step-000004.pt.tmp").write_bytes(b"PK\x03\x04 cut short")  # killed while writing the next
+    kept = _files(folder)
+    with pytest.raises(ShiraError, match="holds checkpoints of an earlier run: resume it with --resume_from"):
+        StyleTrainer(TrainConfig(**config))
+    resume = dict(config, resume_from_checkpoint="latest")
+    assert StyleTrainer(TrainConfig(**resume)).resume_path == str(folder / "step-000003.pt")
+    assert _files(folder) == kept
+
+    newest = folder / "step-000003.pt"
+    newest.write_bytes(newest.read_bytes()[:300])  # torn by a crash
+    with caplog.at_level(logging.WARNING, logger="shira_diffusion"):
+        trainer = StyleTrainer(TrainConfig(**resume), pipeline=pipe)
+    assert trainer.resume_path == str(folder / "step-000002.pt")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("step-000003.pt is corrupt or truncated" in w and "the one before" in w for w in warnings), warnings
+    resumed = trainer.train()
+    assert resumed["steps"] == 4 and resumed["sha256"] == whole["sha256"]
+
+    # Only a write cut short (a kill during the first checkpoint): no checkpoint, both ways.
+    fresh = dict(config, output=str(tmp_path / "fresh.safetensors"))
+    partial = tmp_path / "fresh.checkpoints"
+    partial.mkdir()
+    (partial / "step-000001.pt.tmp").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ShiraError, match=r"no checkpoint in .*fresh.checkpoints \(only a write cut short"):
+        StyleTrainer(TrainConfig(**dict(fresh, resume_from_checkpoint="latest")))
+    assert (partial / "step-000001.pt.tmp").exists()
+    train(TrainConfig(**dict(fresh, max_train_steps=1)), pipeline=pipe)  # a new run: the leftover cleared
+    assert (tmp_path / "fresh.safetensors").is_file() and not (partial / "step-000001.pt.tmp").exists()
+
+    # Every checkpoint corrupt: the same refusal with and without resuming; nothing removed.
+    broken = tmp_path / "broken.checkpoints"
+    broken.mkdir()
+    for step in (1, 2):
+        (broken / f"step-00000{step}.pt").write_bytes(b"not a checkpoint")
+    kept = _files(broken)
+    for extra in ({}, {"resume_from_checkpoint": "latest"}):
+        with pytest.raises(ShiraError, match=r"broken.checkpoints holds checkpoints of an earlier run, none readable "
+                                             r"\(step-000002.pt: .*\): pass --overwrite"):
+            StyleTrainer(TrainConfig(**dict(config, output=str(tmp_path / "broken.safetensors"), **extra)))
+    assert _files(broken) == kept
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_training(pipe, data, tmp_path, monkeypatch):
+    """A name whose temporary name (".NAME.<8 hex>.tmp") is past the file system's limit, and a disk
+    without room, are refused before training, not after its last step."""
+    import shutil
+
+    from shira_diffusion.training import outputs
+
+    config = dict(FAST, train_data_dir=data)
+    before = _files(tmp_path)
+    with pytest.raises(ShiraError, match=r"--output: the file name x+\.\.\. is too long \(250 bytes; at most 241"):
+        StyleTrainer(TrainConfig(**config, output=str(tmp_path / ("x" * 238 + ".safetensors"))))
+    fits = str(tmp_path / ("y" * 228 + ".safetensors"))  # 240 bytes: fits, but not X.discriminator.json's
+    StyleTrainer(TrainConfig(**config, output=fits))
+    with pytest.raises(ShiraError, match="the files written beside it, with their temporary names, add 21"):
+        StyleTrainer(TrainConfig(**config, output=fits, discriminator=True))
+
+    usage = shutil.disk_usage(tmp_path)
+    out = str(tmp_path / "style.safetensors")
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(ShiraError, match=r"--output: not enough free space in .* \(1000 bytes free, about 16.0 MB"):
+        StyleTrainer(TrainConfig(**config, output=out))
+    # Room for the small files, not for the adapter and a checkpoint: refused once the adapter's size
+    # is known, before the first step, and the caller's pipeline is left as found.
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage._replace(free=outputs.FREE_MARGIN + 1000))
+    snapshot, steps = _snapshot(pipe.unet), []
+    with pytest.raises(ShiraError, match="not enough free space"):
+        train(TrainConfig(**config, output=out), pipeline=pipe,
+              callbacks=TrainCallbacks(on_step=lambda *a: steps.append(a)))
+    assert steps == []
+    _same_unet(pipe.unet, snapshot)
+    assert _files(tmp_path) == before

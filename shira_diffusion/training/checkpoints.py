@@ -6,11 +6,16 @@ and losses of one step, and the run's fingerprint: the config fields that shape 
 resumes only its own checkpoints: one whose fingerprint differs is refused, naming what differs.
 A new run never picks up checkpoints left by another: it refuses a ``.checkpoints`` folder that
 holds any, unless told to overwrite (which clears it).
+
+One verdict on a folder, whether the run resumes or not: a file left by a write that was cut short
+(``step-NNNNNN.pt.tmp``) is not a checkpoint (a new run clears it; 'latest' says there is none),
+and a corrupt newest checkpoint gives way to the one before it, with a warning.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 
@@ -18,39 +23,81 @@ import torch
 
 from ..errors import ShiraError
 
+logger = logging.getLogger(__name__)
+
 FORMAT = 2  # 1: no fingerprint (before checkpoints were tied to their run)
 KEEP = 2
 
 
 def checkpoint_files(folder: str) -> list[str]:
+    """The complete checkpoints in ``folder``, oldest first (a partial write ends in ``.tmp``)."""
     return sorted(glob.glob(os.path.join(glob.escape(folder), "step-*.pt")))
 
 
+class CorruptCheckpoint(ShiraError):
+    """A checkpoint file that cannot be read back; ``reason`` says why, in a few words."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"checkpoint {path} is corrupt or truncated ({reason}); delete it, or resume from "
+                         "an older one")
+        self.path, self.reason = path, reason
+
+
 def check_new_run(folder: str, overwrite: bool) -> bool:
-    """For a run that does not resume: True when ``folder`` holds an earlier run's files that
-    ``overwrite`` allows clearing; refuses them without ``overwrite``."""
+    """For a run that does not resume: True when ``folder`` holds files to clear first (an earlier
+    run's checkpoints that ``overwrite`` allows clearing, or only partial writes); refuses an
+    earlier run's checkpoints without ``overwrite``, saying what resuming would do."""
     if not os.path.isdir(folder) or not os.listdir(folder):
         return False
-    if not overwrite:
-        raise ShiraError(f"{folder} holds checkpoints of an earlier run: resume it with --resume_from_checkpoint "
-                         "latest, or pass --overwrite to clear them and start anew")
-    return True
+    if not checkpoint_files(folder) or overwrite:
+        return True  # partial writes alone are no checkpoint: cleared, never offered for resuming
+    latest_usable(folder, warn=False)  # none readable: the same refusal as resuming gives
+    raise ShiraError(f"{folder} holds checkpoints of an earlier run: resume it with --resume_from_checkpoint "
+                     "latest, or pass --overwrite to clear them and start anew")
 
 
 def clear(folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def find(which: str, folder: str) -> str:
-    """The checkpoint file ``which`` names: 'latest' (the newest in ``folder``) or a path."""
+def latest_usable(folder: str, warn: bool = True) -> tuple[str, dict] | None:
+    """The newest checkpoint in ``folder`` that reads back, and its contents; a corrupt newer one
+    is passed over (with a warning). None when the folder holds no complete checkpoint; refuses a
+    folder whose checkpoints are all corrupt."""
+    found = checkpoint_files(folder)
+    newest_error = None
+    for path in reversed(found):
+        try:
+            state = read(path)
+        except CorruptCheckpoint as exc:
+            newest_error = newest_error or exc
+            if warn:
+                logger.warning("checkpoint %s is corrupt or truncated (%s): trying the one before", path,
+                               exc.reason)
+            continue
+        if newest_error is not None and warn:
+            logger.warning("resuming from %s, the newest checkpoint that reads back", path)
+        return path, state
+    if newest_error is not None:
+        raise ShiraError(f"{folder} holds checkpoints of an earlier run, none readable "
+                         f"({os.path.basename(newest_error.path)}: {newest_error.reason}): pass --overwrite to "
+                         "clear them and start anew")
+    return None
+
+
+def load(which: str, folder: str) -> tuple[str, dict]:
+    """The checkpoint ``which`` names, read: 'latest' (the newest usable one in ``folder``) or a path."""
     if which == "latest":
-        found = checkpoint_files(folder)
-        if not found:
-            raise ShiraError(f"--resume_from_checkpoint latest: no checkpoint in {folder}")
-        return found[-1]
+        found = latest_usable(folder)
+        if found is None:
+            partial = " (only a write cut short, which is no checkpoint)" if os.path.isdir(folder) and \
+                os.listdir(folder) else ""
+            raise ShiraError(f"--resume_from_checkpoint latest: no checkpoint in {folder}{partial}; run without "
+                             "it to start anew")
+        return found
     if not os.path.isfile(which):
         raise ShiraError(f"checkpoint {which} does not exist")
-    return which
+    return which, read(which)
 
 
 def read(path: str) -> dict:
@@ -58,9 +105,7 @@ def read(path: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, not a torch file at all, ...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ShiraError(f"checkpoint {path} is corrupt or truncated ({reason}); delete it, or resume from "
-                         "an older one") from None
+        raise CorruptCheckpoint(path, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]) from None
     if not isinstance(state, dict) or not {"step", "params", "optimizer", "lr_scheduler", "losses"} <= set(state):
         raise ShiraError(f"checkpoint {path} is not a shira-diffusion training checkpoint")
     return state
@@ -97,7 +142,10 @@ def save(folder: str, step: int, params, optimizer, lr_scheduler, losses, ema, f
              "params": [p.detach().cpu() for p in params], "optimizer": optimizer.state_dict(),
              "lr_scheduler": lr_scheduler.state_dict(), "losses": list(losses),
              "ema": ema.state_dict() if ema is not None else None}
-    torch.save(state, path + ".tmp")
+    with open(path + ".tmp", "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the rename: a crash never leaves a torn newest one
     os.replace(path + ".tmp", path)
     for old in checkpoint_files(folder)[:-keep]:
         os.remove(old)

@@ -55,7 +55,8 @@ from .dataset import StyleImages, infer_trigger, load_training_data
 from .lora_files import DTYPES as _DTYPES
 from .lora_files import lora_metadata, save_lora  # noqa: F401
 from .loss_plot import plot_losses
-from .outputs import atomic_path, check_output, output_paths, stem, write_text
+from .outputs import (FREE_MARGIN, atomic_path, check_free_space, check_name_lengths, check_output, output_paths,
+                      stem, write_text)
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class StyleTrainer:
 
     def __init__(self, config: TrainConfig, *, pipeline=None, data=None, callbacks: TrainCallbacks | None = None):
         validate(config)
+        check_name_lengths(config.output, _written_files(config, output_paths(config.output)), "--output")
         # "auto" becomes the slot itself, so the recipe, fingerprint and a resume all name it.
         slot = resolve_mask_slot(config, config.name or os.path.basename(config.output).split(".")[0])
         self.config = config = dataclasses.replace(config, mask_slot="none" if slot is None else str(slot))
@@ -129,13 +131,14 @@ class StyleTrainer:
             if inferred:
                 self.trigger, self.trigger_inferred = inferred, True
         check_output(config.output, config.overwrite)
+        check_free_space(config.output, FREE_MARGIN, "--output")
         if config.discriminator:
             check_output(self.paths["discriminator"], config.overwrite)
         self.fingerprint = {"config": fingerprint(config), "data": self.data.fingerprint}
         self.resume_path, self.resume_state, self.clear_checkpoints = None, None, False
         if config.resume_from_checkpoint:
-            self.resume_path = checkpoints.find(config.resume_from_checkpoint, self.paths["checkpoints"])
-            self.resume_state = checkpoints.read(self.resume_path)
+            self.resume_path, self.resume_state = checkpoints.load(config.resume_from_checkpoint,
+                                                                   self.paths["checkpoints"])
             checkpoints.check_owner(self.resume_path, self.resume_state, self.fingerprint["config"],
                                     self.data.fingerprint)
         else:
@@ -143,6 +146,18 @@ class StyleTrainer:
         self._interrupted = False
 
     # ------------------------------------------------------------------------------------ checks
+
+    def _check_room(self) -> None:
+        """Once the adapter's size is known, before the first step: room on the disk for the adapter
+        (values and indices; a kohya copy), the checkpoints a run may write, and a margin."""
+        config, n = self.config, self.num_params
+        value_bytes = {"fp16": 2, "bf16": 2, "fp32": 4}[config.save_dtype]
+        adapter = n * (value_bytes + (4 if config.adapter == "shira" else 0))
+        if config.adapter == "lora" and config.kohya:
+            adapter *= 2
+        checkpoint = n * 4 * (3 + (config.ema_decay is not None))  # values, Adam's two moments, EMA
+        kept = checkpoints.KEEP + 1 if config.checkpointing_steps else 1  # a stop writes one
+        check_free_space(config.output, adapter + kept * checkpoint + FREE_MARGIN, "--output")
 
     def _check_timesteps_early(self) -> None:
         """The timestep range against the base's noise schedule, read from its scheduler config
@@ -261,6 +276,7 @@ class StyleTrainer:
                 p.data = p.data.float()
         self.params = params
         self.num_params = sum(p.numel() for p in params)
+        self._check_room()  # every rank: one alone refusing would leave the others waiting
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
         self.lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
                                           num_warmup_steps=config.lr_warmup_steps,
@@ -577,6 +593,12 @@ class StyleTrainer:
             self.model = None
             if hasattr(self, "accelerator"):
                 self.accelerator.end_training()
+
+
+def _written_files(config: TrainConfig, paths: dict) -> list[str]:
+    """The files a run writes beside the adapter (their names derive from it)."""
+    keys = ["adapter", "loss_curve", "record"] + (["kohya"] if config.kohya and config.adapter == "lora" else [])
+    return [paths[k] for k in keys + (["discriminator"] if config.discriminator else [])]
 
 
 def _check_pipeline(pipe, config: TrainConfig) -> None:

@@ -4,8 +4,8 @@
 new base with synthetic data only; ``transfer_folder`` does a folder of them (resumable, spread over
 ``accelerate launch`` processes); ``convert_lora(path, base, rank=...)`` keeps a LoRA's largest
 delta entries as a SHiRA adapter. Modules: ``lora`` (reading adapter files, conversion),
-``prompts`` (step 1), ``discriminator`` (step 3), ``pipeline`` (the steps and the run), ``batch``,
-``evaluate`` (``shira eval transfer``).
+``prompts`` (step 1), ``discriminator`` (step 3), ``pipeline`` (the steps and the run), ``resume``
+(what an interrupted run keeps, and resuming it), ``batch``, ``evaluate`` (``shira eval transfer``).
 """
 
 from .discriminator import Discriminator, fit_discriminator, image_features, mmd_rbf

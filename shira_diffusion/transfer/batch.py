@@ -5,7 +5,9 @@ Layout: ``DIR/<name>.safetensors`` (any adapter file ``transfer`` reads) with it
 adapter whose student and report both exist is skipped. Under ``accelerate launch`` (or torchrun),
 process ``rank`` of ``world`` takes adapters ``rank, rank + world, ...``; each process trains its
 own students alone (no process group: the distributed variables are hidden from the trainer), and
-its reports say which process made them (``settings.process``).
+its reports say which process made them (``settings.process``). An adapter whose transfer was
+interrupted resumes where it stopped (``resume.py``): its kept samples are not drawn again and its
+student continues from its checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 
 from ..errors import ShiraError
 from .pipeline import TransferConfig, report_paths, transfer
+from .resume import student_done
 
 DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
                          "MASTER_PORT", "ACCELERATE_USE_CPU", "ACCELERATE_DYNAMO_BACKEND")
@@ -89,9 +92,11 @@ def transfer_folder(folder: str, out_folder: str, template: TransferConfig, *, r
             if is_done(out) and not template.overwrite:
                 status[name] = "skipped"
                 continue
-            # A half-finished earlier try (student without report) is redone.
+            # An interrupted earlier try resumes (transfer keeps its samples and the student's
+            # checkpoint); a student without a report that no try of this run vouches for is redone.
+            redo = os.path.exists(out) and not student_done(out)
             config = dataclasses.replace(template, adapter=adapter, seed_data=seeds, out=out,
-                                         overwrite=template.overwrite or os.path.exists(out),
+                                         overwrite=template.overwrite or redo,
                                          process={"rank": rank, "world": world, "pid": os.getpid()})
             source_pipe = source_pipe or load_pipeline(template.source_base)
             target_pipe = target_pipe or load_pipeline(template.target_base)

@@ -37,7 +37,11 @@ def convert_command(lora: str, base, out: str, *, rank: int | None = None, densi
 
     if not str(out).endswith(".safetensors"):
         raise ShiraError(f"--out must be a .safetensors file, got {out!r}")
+    from ..training.outputs import FREE_MARGIN, check_free_space, check_name_lengths
+
+    check_name_lengths(out, [], "--out")
     check_output_file(out, overwrite, "--out")
+    check_free_space(out, FREE_MARGIN, "--out")
     if prompts < 0:
         raise ShiraError(f"--prompts must be >= 0, got {prompts}")
     info = read_adapter_file(lora)

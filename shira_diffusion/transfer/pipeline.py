@@ -102,8 +102,21 @@ def check_config(config: TransferConfig) -> None:
             resolve(base)
         except ShiraError as exc:
             raise ShiraError(f"{flag}: {exc}") from None
-    for flag, path in (("--out", config.out), ("report", report_paths(config.out)["report"])):
-        check_output_file(path, config.overwrite, flag if flag == "--out" else "")
+    check_out_files(config)
+
+
+def check_out_files(config: TransferConfig) -> None:
+    """The files the run writes: names that fit (with their temporary names), nothing replaced without
+    ``overwrite`` (but the student an interrupted run of this transfer wrote), a place with room."""
+    from ..training.outputs import FREE_MARGIN, check_free_space, check_name_lengths, output_paths
+    from .resume import student_done
+
+    trainer = output_paths(config.out)
+    written = [*report_paths(config.out).values(), trainer["record"], trainer["loss_curve"]]
+    check_name_lengths(config.out, written, "--out")
+    check_output_file(config.out, config.overwrite or student_done(config.out), "--out")
+    check_output_file(report_paths(config.out)["report"], config.overwrite)
+    check_free_space(config.out, FREE_MARGIN, "--out")
 
 
 def read_seed_data(source):
@@ -222,21 +235,42 @@ def filter_samples(real_features: np.ndarray, calibration_features: np.ndarray, 
 
 # ------------------------------------------------------------------------------------ step 4
 
+STUDENT_CHECKPOINT_STEPS = 100  # a kill loses at most this many of the student's steps
+
+
 def train_student(pipe, pairs: list, config: TransferConfig, kind: str, trigger: str | None, rank: int,
-                  on_step=None, extra: dict | None = None) -> dict:
+                  on_step=None, extra: dict | None = None, resume: bool = False) -> dict:
     """Step 4: a new ``kind`` adapter on ``pipe`` (the target base) from in-memory (PIL image, caption)
-    pairs, written to ``config.out``; returns the trainer's record."""
+    pairs, written to ``config.out``; returns the trainer's record. ``resume``: from the student's
+    latest checkpoint. An exception ``on_step`` raises (a caller's stop) ends training with a
+    checkpoint first, then propagates: a rerun resumes there."""
+    import threading
+
     from ..training import TrainCallbacks, TrainConfig, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = dict(train_data_dir=None, output=config.out, base=config.target_base, trigger=trigger or None,
                   adapter=kind, rank=rank, max_train_steps=config.steps, learning_rate=config.learning_rate,
                   seed=config.seed, overwrite=config.overwrite, progress=False, cache_latents=True,
-                  description="", extra=extra or {})
+                  description="", extra=extra or {}, checkpointing_steps=STUDENT_CHECKPOINT_STEPS,
+                  resume_from_checkpoint="latest" if resume else None)
     if config.slot is not None and kind == "shira" and "mask_slot" in fields:
         values["mask_slot"] = str(config.slot)  # else the trainer's default: "auto", a slot free on the base
     values.update(config.train_overrides)
-    return train(TrainConfig(**values), pipeline=pipe, data=pairs, callbacks=TrainCallbacks(on_step=on_step))
+    stop, raised = threading.Event(), []
+
+    def step(done: int, total: int, loss: float) -> None:
+        try:
+            if on_step is not None:
+                on_step(done, total, loss)
+        except Exception as exc:  # the trainer stops at the next step with a checkpoint
+            raised.append(exc)
+            stop.set()
+
+    record = train(TrainConfig(**values), pipeline=pipe, data=pairs, callbacks=TrainCallbacks(on_step=step, stop=stop))
+    if raised:
+        raise raised[0]
+    return record
 
 
 # ------------------------------------------------------------------------------------ the report
@@ -283,7 +317,11 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
     student adapter, ``<out>.transfer.json`` and ``<out>.transfer.png``; returns the report.
     ``source_pipe`` / ``target_pipe``: pipelines already loaded for the two bases.
     ``on_progress(done, total, stage)``: called wherever the progress bar moves (the app's progress;
-    an exception it raises ends the run there, which is how the app stops one)."""
+    an exception it raises ends the run there, which is how the app stops one).
+    Interrupted (an exception, Ctrl-C), the same call again resumes: the kept samples are not drawn
+    again and the student continues from its checkpoint (``resume.py``)."""
+    from . import resume
+
     check_config(config)
     info = read_adapter_file(config.adapter)
     family = bundled_family(config.source_base)
@@ -294,17 +332,17 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
     seeds = read_seed_data(config.seed_data)
     kind = _kind_of(info, config)
     rank = config.rank or info.rank or 2
-    real_images = [np.asarray(im.convert("RGB")) for im in seeds.images]
     stored = stored_discriminator(info.path) if config.stored_discriminator else None  # a stale one fails here
     calibration = 0 if stored else config.calibration or calibration_count(len(seeds))
     max_draws = config.max_draws or 4 * config.synthetic
+    mark = resume.fingerprint(config, info.path, seeds.fingerprint, stored[0].to_dict() if stored else None)
+    kept_before = resume.check(config, mark)  # another run's leftovers refused before anything loads
     generator = config.generator
-    if isinstance(generator, (str, os.PathLike)):  # loaded now: a bad one fails before anything else loads
-        from .prompts import load_generator
+    if isinstance(generator, (str, os.PathLike)) and kept_before.samples is None:
+        from .prompts import load_generator  # loaded now: a bad one fails before anything else loads
 
         generator = load_generator(str(generator))
     started = time.time()
-    timings = {}
     # The bases load and the adapter is checked against its base before the progress bar starts,
     # so that a mismatch is one line.
     source_pipe = source_pipe or load_pipeline(config.source_base)
@@ -321,56 +359,42 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
     try:
         for pipe in (source_pipe, target_pipe):
             pipe.set_progress_bar_config(disable=True)
-        size = source_pipe.unet.config.sample_size * source_pipe.vae_scale_factor
-        real_images = [np.asarray(im.convert("RGB").resize((size, size))) for im in seeds.images]
-
-        # 1. prompts (enough for every draw)
-        t = time.time()
-        prompts = synthetic_prompts(seeds.captions, calibration + max_draws, target_pipe, generator=generator,
-                                    seed=config.seed, keep=[info.trigger] if info.trigger else [])
-        timings["prompts_s"] = round(time.time() - t, 1)
-        advance(1, "prompts")
-
-        # 2 + 3. the teacher draws, the discriminator filters
-        t = time.time()
-        drawn_images: list[np.ndarray] = []
-        with source_applied(source_pipe, info):
-            def draw_images(n: int) -> list[np.ndarray]:
-                start = len(drawn_images)
-                images = teacher_images(source_pipe, prompts[start:start + n], info.trigger,
-                                        seeds=draw_seeds(config.seed, start, n),
-                                        steps=config.sample_steps, guidance=config.guidance,
-                                        batch_size=config.batch_size)
-                drawn_images.extend(images)
-                if bar.n + len(images) > bar.total - config.steps - 3 * config.report_images:
-                    bar.total += len(images)
-                advance(len(images), "teacher and filter")
-                return images
-
-            def draw(n: int) -> np.ndarray:
-                return image_features(draw_images(n), source_pipe.vae)
-
-            real_features = image_features(real_images, source_pipe.vae)
-            calibration_features = None if stored else draw(calibration)
-            result, _ = filter_samples(real_features, calibration_features, draw, config.synthetic, max_draws,
-                                       use_filter=config.filter, discriminator=stored[0] if stored else None)
-        timings["teacher_and_filter_s"] = round(time.time() - t, 1)
-        candidates = drawn_images[calibration:]
-        candidate_prompts = prompts[calibration:calibration + len(candidates)]
+        if kept_before.samples is not None:
+            samples = kept_before.samples
+            kept_images = resume.load_samples(config.out, samples)
+            bar.total = samples["progress"] + config.steps + 3 * config.report_images
+            advance(samples["progress"], "samples kept by the interrupted run")
+        else:
+            resume.start_anew(config.out)
+            kept_images, samples = _draw_and_filter(config, info, seeds, source_pipe, target_pipe, generator,
+                                                    stored, calibration, max_draws, bar, advance)
+            resume.save_samples(config.out, mark, kept_images, samples.pop("kept_prompts"), samples)
+            samples = resume.read_samples(config.out)  # as a rerun reads them: both runs go on alike
+        timings = dict(samples["timings"])
+        result = FilterResult(**samples["result"])
+        candidate_prompts = samples["candidate_prompts"]
         from PIL import Image
 
-        pairs = [(Image.fromarray(candidates[i]), candidate_prompts[i]) for i in result.kept]
+        pairs = [(Image.fromarray(image), prompt) for image, prompt in zip(kept_images, samples["prompts"])]
         if config.with_seeds:
             pairs += [(image.convert("RGB"), caption) for image, caption in zip(seeds.images, seeds.captions)]
 
         # 4. the student
-        t = time.time()
-        extra = {"transferred_from": {"adapter": os.path.basename(info.path), "base": str(config.source_base),
-                                      "kind": info.kind, "format": info.format},
-                 "synthetic": config.synthetic, "filtered": config.filter, "slot": config.slot}
-        record = train_student(target_pipe, pairs, config, kind, info.trigger, rank,
-                               on_step=lambda step, total, loss: advance(1, "student"), extra=extra)
-        timings["student_s"] = round(time.time() - t, 1)
+        if kept_before.student is not None:
+            record = kept_before.student["record"]
+            advance(config.steps, "student written by the interrupted run")
+        else:
+            t = time.time()
+            extra = {"transferred_from": {"adapter": os.path.basename(info.path), "base": str(config.source_base),
+                                          "kind": info.kind, "format": info.format},
+                     "synthetic": config.synthetic, "filtered": config.filter, "slot": config.slot}
+            before_student = bar.n
+            record = train_student(target_pipe, pairs, config, kind, info.trigger, rank,
+                                   on_step=lambda step, total, loss: advance(before_student + step - bar.n,
+                                                                             "student"),
+                                   extra=extra, resume=kept_before.student_checkpoint)
+            timings["student_s"] = round(time.time() - t, 1)
+            resume.save_student(config.out, record)
 
         # the report
         paths = report_paths(config.out)
@@ -422,6 +446,52 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
         report["settings"]["seed_data"] = str(config.seed_data) if isinstance(config.seed_data, (str, os.PathLike)) \
             else f"{len(seeds)} in-memory images"
         write_json(paths["report"], report)
+        resume.finish(config.out)
         return report
     finally:
         bar.close()
+
+
+def _draw_and_filter(config: TransferConfig, info: AdapterFile, seeds, source_pipe, target_pipe, generator, stored,
+                     calibration: int, max_draws: int, bar, advance) -> tuple[list[np.ndarray], dict]:
+    """Steps 1-3: prompts, the teacher's draws, the filter. Returns the kept images and what a rerun
+    needs to go on without drawing again (the filter's result, the prompts, the progress made)."""
+    size = source_pipe.unet.config.sample_size * source_pipe.vae_scale_factor
+    real_images = [np.asarray(im.convert("RGB").resize((size, size))) for im in seeds.images]
+
+    # 1. prompts (enough for every draw)
+    t = time.time()
+    prompts = synthetic_prompts(seeds.captions, calibration + max_draws, target_pipe, generator=generator,
+                                seed=config.seed, keep=[info.trigger] if info.trigger else [])
+    prompts_s = round(time.time() - t, 1)
+    advance(1, "prompts")
+
+    # 2 + 3. the teacher draws, the discriminator filters
+    t = time.time()
+    drawn_images: list[np.ndarray] = []
+    with source_applied(source_pipe, info):
+        def draw_images(n: int) -> list[np.ndarray]:
+            start = len(drawn_images)
+            images = teacher_images(source_pipe, prompts[start:start + n], info.trigger,
+                                    seeds=draw_seeds(config.seed, start, n),
+                                    steps=config.sample_steps, guidance=config.guidance,
+                                    batch_size=config.batch_size)
+            drawn_images.extend(images)
+            if bar.n + len(images) > bar.total - config.steps - 3 * config.report_images:
+                bar.total += len(images)
+            advance(len(images), "teacher and filter")
+            return images
+
+        def draw(n: int) -> np.ndarray:
+            return image_features(draw_images(n), source_pipe.vae)
+
+        real_features = image_features(real_images, source_pipe.vae)
+        calibration_features = None if stored else draw(calibration)
+        result, _ = filter_samples(real_features, calibration_features, draw, config.synthetic, max_draws,
+                                   use_filter=config.filter, discriminator=stored[0] if stored else None)
+    candidates = drawn_images[calibration:]
+    candidate_prompts = prompts[calibration:calibration + len(candidates)]
+    kept = {"result": dataclasses.asdict(result), "candidate_prompts": candidate_prompts,
+            "kept_prompts": [candidate_prompts[i] for i in result.kept], "progress": bar.n,
+            "timings": {"prompts_s": prompts_s, "teacher_and_filter_s": round(time.time() - t, 1)}}
+    return [candidates[i] for i in result.kept], kept
