@@ -171,17 +171,24 @@ def test_good_and_bad_uploads(client, tmp_path):
     assert generate(client, [("frame", 1.0)])[0]
 
 
-def test_a_local_diffusers_folder_is_a_base(client, toy_pipeline_folders):
-    status, gallery = client.predict(toy_pipeline_folders["sd"], [], *[1.0] * MAX_STYLES, api_name="/load_base")[:2]
-    assert "ready" in status and "SD family" in status
-    assert gallery == []  # no style has an adapter for this base
-    assert generate(client, [], base=toy_pipeline_folders["sd"])[0]
+def test_a_local_diffusers_folder_is_a_base_when_the_operator_offers_it(client, toy_pipeline_folders):
+    from shira_diffusion.app.service import AppService
+
+    folder = toy_pipeline_folders["sd"]
+    # a visitor's path is never loaded: one refusal, whether or not the folder exists
+    status = client.predict(folder, [], *[1.0] * MAX_STYLES, api_name="/load_base")[0]
+    assert "cannot be used" in status and "not offered here" in status and folder not in status
+    with pytest.raises(Exception, match="not offered here"):
+        generate(client, [], base=folder)
+    service = AppService(default_base=folder)  # SHIRA_BASE=folder: the operator offers it
+    assert folder in service.base_choices() and service.base(folder).family == "sd"
+    assert service.generate(folder, [], PROMPT, seed=3, steps=STEPS).images
 
 
-def test_a_base_that_cannot_load_offline_says_so(client):
+def test_a_base_that_is_not_offered_says_so(client):
     status = client.predict("nobody/no-such-model", [], *[1.0] * MAX_STYLES, api_name="/load_base")[0]
-    assert "cannot be used" in status and "not in the local Hugging Face cache" in status
-    with pytest.raises(Exception, match="not in the local Hugging Face cache"):
+    assert "cannot be used" in status and "not offered here; choose one of: toy-sd, toy-sdxl" in status
+    with pytest.raises(Exception, match="not offered here"):
         generate(client, [], base="nobody/no-such-model")
     assert generate(client, [])[0]
 

@@ -62,7 +62,9 @@ def test_a_catalogue_style_lands_in_the_target_bases_catalogue_with_its_report(d
     assert record.trigger == "vrt" and record.thumbnail_path() is not None
     assert len(list((record.folder / "images").glob("*.png"))) == 5  # hatching's first 5 training images
     assert record.entry("toy-sdxl").measurements["transfer"]["kept"] == 1
-    assert sheet.startswith(str(user_root())) and Image.open(sheet).size[1] == 3 * 64  # source, student, base
+    # the page shows a copy beside the thumbnails: the styles folder itself is never served
+    assert sheet.startswith(str(app_home() / "static")) and Image.open(sheet).size[1] == 3 * 64  # source, student, base
+    assert (record.folder / "hatching-moved.toy-sdxl.transfer.png").read_bytes() == open(sheet, "rb").read()
     assert report["filter"]["kept"] == 1 and (record.folder / "hatching-moved.toy-sdxl.transfer.json").is_file()
     assert not (BUNDLED_ROOT / "hatching-moved").exists()
     assert not any((app_home() / "transfers").iterdir())  # the work folder goes once the style is saved
@@ -129,7 +131,7 @@ def test_a_corrupt_file_is_a_clear_error(demo, tmp_path):
     bad.write_bytes(b"\x00" * 10)
     with pytest.raises(gr.Error, match=r"^'bad\.safetensors: not a readable safetensors file"):
         next(event(demo, "transfer")(*transfer_inputs(adapter=str(bad), style="hatching")))
-    assert event(demo, "cancel_transfer")("") == "Nothing is being transferred."
+    assert event(demo, "cancel_transfer")("") == "Nothing of yours is being transferred."
 
 
 def test_the_styles_tab_converts_an_uploaded_lora(demo, tmp_path):

@@ -11,14 +11,26 @@ style: weight-space overlap measured on demand, stored retention), ``gpu`` (``sp
 from __future__ import annotations
 
 import os
+import sys
 
 
 def serving_environment() -> None:
     """Before the page is built for serving: Gradio's upload cache goes under ``$SHIRA_HOME/app``
-    too (unless ``GRADIO_TEMP_DIR`` places it elsewhere), so the app writes nowhere else."""
-    from .uploads import app_home
+    too (unless ``GRADIO_TEMP_DIR`` places it elsewhere), so the app writes nowhere else. A folder
+    the app cannot write in stops it here, in one line and exit status 1 (as the CLI's errors),
+    not in a traceback or in every visitor's first click."""
+    from pathlib import Path
+
+    from ..errors import ShiraError
+    from .uploads import app_home, check_writable
 
     os.environ.setdefault("GRADIO_TEMP_DIR", str(app_home() / "gradio"))
+    try:
+        check_writable(app_home(), "SHIRA_HOME (the app's styles, jobs and images)")
+        check_writable(Path(os.environ["GRADIO_TEMP_DIR"]), "GRADIO_TEMP_DIR (the app's uploads)")
+    except ShiraError as exc:
+        print(f"shira-app: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def build_demo(service=None):

@@ -30,6 +30,7 @@ from ..errors import ShiraError
 from ..fusion.deltas import AdapterDeltas, load_deltas
 from ..fusion.heatmap import pairwise_matrix, save_heatmaps
 from ..fusion.weight_metrics import pair_metrics
+from .checks import style_files
 from .uploads import app_home, prune_oldest_pngs
 
 FUSION_DIR_VARIABLE = "SHIRA_FUSION_DIR"
@@ -216,10 +217,7 @@ def mix_report(base: str, styles: Sequence[str], weights: Sequence[float] = (), 
     if len(names) < 2:
         return MixReport(NOTHING_TO_MIX, None, data)
     catalog = catalog or default_catalog()
-    for name in names:
-        if name not in catalog:
-            raise ShiraError(f"no style {name!r} (styles: {', '.join(catalog.names()) or 'none yet'})")
-    files = dict(zip(names, catalog.resolve_mix(list(names), label)))  # the files a mix of them fuses
+    files = dict(zip(names, style_files(catalog, names, label)))  # the files a mix of them fuses (names only)
     slots = {n: adapter_slot(p) for n, p in files.items()}
     weight_space = (cache or WeightSpaceCache()).measure(label, files, progress)
     stored, missing_why = load_stored(label)

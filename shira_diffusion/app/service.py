@@ -21,8 +21,9 @@ from ..bases import list_bases, load_pipeline, pipeline_family
 from ..catalog import StyleCatalog, StyleRecord, bank_key, base_label, default_catalog
 from ..core.bank import StyleBank
 from ..errors import ShiraError
-from ..generate import DEFAULT_GUIDANCE, check_weight, generate
+from ..generate import DEFAULT_GUIDANCE, MAX_GUIDANCE, MAX_STYLE_WEIGHT, check_weight, generate
 from . import gpu
+from .checks import check_base, check_style, checked_text, number, style_files, whole
 from .mix_panel import WeightSpaceCache
 from .recipe_png import make_recipe, save_png
 from .uploads import app_home, prune_oldest_pngs
@@ -33,6 +34,7 @@ MAX_STYLES = 4  # styles in one mix (slider rows in the page)
 MAX_IMAGES = 4  # images per request
 MAX_STEPS = 100
 MAX_SEED = 2**31 - 1
+MAX_PROMPT = 500  # characters
 KEEP_OUTPUTS = 256  # generated PNGs kept on disk (the newest)
 
 
@@ -78,18 +80,23 @@ class AppService:
 
     # ------------------------------------------------------------------ bases
     def base_choices(self) -> list[str]:
-        """The bundled bases and the SD/SDXL pipelines in the local Hugging Face cache."""
+        """The bundled bases, the SD/SDXL pipelines in the local Hugging Face cache and the default
+        base (``SHIRA_BASE``: the operator may offer a local folder): the only bases a visitor may name."""
         names = [source.name for source in list_bases()]
         if self.default_base not in names:
             names.insert(0, self.default_base)
         return names
 
+    def check_base(self, spec) -> str:
+        """``spec`` if it is an offered base (empty: the default); one message for anything else."""
+        if isinstance(spec, str) and (spec in self._bases or spec == self.default_base):
+            return spec  # loaded (so checked) or the default: no scan of the Hub cache
+        return check_base(self.base_choices(), spec, self.default_base)
+
     def base(self, spec: str | None = None) -> LoadedBase:
         """The loaded base ``spec`` (loading it on first use; a clear ``ShiraError`` if it cannot be
-        loaded offline)."""
-        spec = (spec or self.default_base).strip()
-        if not spec:
-            raise ShiraError("choose a base")
+        loaded offline). Only offered bases: a visitor's text never names a folder of the server."""
+        spec = self.check_base(spec)
         with self._lock:
             if spec in self._bases:
                 self._bases.move_to_end(spec)
@@ -140,12 +147,13 @@ class AppService:
 
     def styles(self, spec: str | None = None) -> list[StyleRecord]:
         """The styles (bundled and the user's) with a SHiRA adapter for the base."""
-        return self.catalog().list(base_name(spec or self.default_base))
+        return self.catalog().list(base_name(self.check_base(spec)))
 
-    def _mix(self, loaded: LoadedBase, catalog: StyleCatalog, styles) -> dict[str, float]:
-        """Load the styles' adapters into the base's bank (again if a file changed); the bank mix."""
-        mix = {}
-        files = catalog.resolve_mix([style for style, _ in styles], loaded.name)
+    def _mix(self, loaded: LoadedBase, catalog: StyleCatalog, styles) -> tuple[dict[str, float], list]:
+        """Load the styles' adapters into the base's bank (again if a file changed): (the bank mix,
+        [(adapter file, weight)]). Catalogue names only: a name never resolves to another file."""
+        mix, resolved = {}, []
+        files = style_files(catalog, [style for style, _ in styles], loaded.name)
         for (style, weight), path in zip(styles, files):
             key = bank_key(path)
             stat = os.stat(path)
@@ -158,11 +166,12 @@ class AppService:
             if key in mix:
                 raise ShiraError(f"style {style!r} is chosen twice")
             mix[key] = check_weight(float(weight), style)
-        return mix
+            resolved.append((str(path), float(weight)))
+        return mix, resolved
 
     def remove_style(self, name: str) -> None:
         """Delete one of the user's styles, and drop its adapters from every loaded bank."""
-        record = self.catalog().get(name)
+        record = self.catalog().get(check_style(self.catalog(), name))
         keys = {bank_key(record.folder / entry.file) for entry in record.files.values()}
         self.catalog().remove(name)
         for loaded in list(self._bases.values()):
@@ -176,6 +185,7 @@ class AppService:
                  guidance: float = DEFAULT_GUIDANCE, count: int = 1) -> Generated:
         """``count`` images of ``prompt`` (image i with seed+i) with the mix ``styles`` [(name, weight)]."""
         styles, prompt, seed, steps, count = _checked(styles, prompt, seed, steps, count)
+        guidance = number(guidance, "guidance", 0, MAX_GUIDANCE)
         loaded = self.base(base)
         start = time.perf_counter()
         images, switch_ms = self._run(loaded, styles, [prompt] * count, seed, steps, guidance)
@@ -189,6 +199,7 @@ class AppService:
                 guidance: float = DEFAULT_GUIDANCE) -> Generated:
         """With one seed: the base alone, each style alone (at its weight), and the mix, labelled."""
         styles, prompt, seed, steps, _ = _checked(styles, prompt, seed, steps, 1)
+        guidance = number(guidance, "guidance", 0, MAX_GUIDANCE)
         loaded = self.base(base)
         variants = [("base alone", [])] + [(f"{n} {w:g} alone", [(n, w)]) for n, w in styles]
         if len(styles) > 1:
@@ -211,12 +222,13 @@ class AppService:
         loaded = self.base(spec)
         catalog = self.catalog()
         with loaded.bank.lock:
-            mix = self._mix(loaded, catalog, styles)
+            mix, files = self._mix(loaded, catalog, styles)
             start = time.perf_counter()
             loaded.bank.apply(mix)
             switch_ms = (time.perf_counter() - start) * 1000
+            # the files just checked, not the names: generate() never looks a name up as a path
             images = generate(loaded.pipe, prompts, seed=seed, steps=steps, guidance_scale=guidance,
-                              styles=styles, base_name=loaded.name, bank=loaded.bank, catalog=catalog)
+                              styles=files, base_name=loaded.name, bank=loaded.bank, catalog=catalog)
         return images, switch_ms
 
     @staticmethod
@@ -239,20 +251,19 @@ def _on_device(service: int, spec: str, styles, prompts, seed, steps, guidance):
 
 
 def _checked(styles, prompt, seed, steps, count):
-    styles = [(str(name), float(weight)) for name, weight in styles]
+    """A request's styles, prompt and numbers, checked as ``shira generate`` checks them, before any work."""
+    if styles is None or not isinstance(styles, (list, tuple)):
+        raise ShiraError("styles must be a list of (name, weight)")
     if len(styles) > MAX_STYLES:
         raise ShiraError(f"{len(styles)} styles chosen: mix at most {MAX_STYLES}")
-    prompt = (prompt or "").strip()
+    styles = [(str(name), number(weight, f"weight of {name}", -MAX_STYLE_WEIGHT, MAX_STYLE_WEIGHT))
+              for name, weight in styles]
+    prompt = checked_text(prompt, "the prompt", 10 * MAX_PROMPT).strip()
     if not prompt:
         raise ShiraError("write a prompt, e.g. 'a red circle on a blue background'")
-    if len(prompt) > 500:
-        raise ShiraError("the prompt is over 500 characters")
-    seed, steps, count = int(seed), int(steps), int(count)
-    if not 0 <= seed <= MAX_SEED:
-        raise ShiraError(f"seed must be in [0, {MAX_SEED}]")
-    if not 1 <= steps <= MAX_STEPS:
-        raise ShiraError(f"steps must be in [1, {MAX_STEPS}]")
-    if not 1 <= count <= MAX_IMAGES:
-        raise ShiraError(f"images per request: 1 to {MAX_IMAGES}")
+    if len(prompt) > MAX_PROMPT:
+        raise ShiraError(f"the prompt is over {MAX_PROMPT} characters")
+    seed = whole(seed, "seed", 0, MAX_SEED)
+    steps = whole(steps, "steps", 1, MAX_STEPS)
+    count = whole(count, "images per request", 1, MAX_IMAGES)
     return styles, prompt, seed, steps, count
-

@@ -12,7 +12,8 @@ from ..core.adapter import SparseAdapter
 from ..core.summary import describe
 from ..errors import ShiraError
 from ..generate import DEFAULT_GUIDANCE
-from .uploads import app_home, check_adapter_upload
+from .checks import check_style, scrub
+from .uploads import app_home, check_adapter_upload, served_copy
 
 TENSOR_COLUMNS = ["name", "kind", "shape", "entries", "density", "lora_equivalent_rank", "abs_max", "rms"]
 THUMBNAIL_PROMPT = "a red circle on a blue background"
@@ -34,7 +35,15 @@ def card(record: StyleRecord) -> tuple[str, str]:
         line = line[:67] + "..."
     mine = " (yours)" if record.source == "user" else ""
     trigger = f" · trigger `{record.trigger}`" if record.trigger else ""
-    return str(thumb) if thumb else placeholder_thumbnail(), f"{record.name}{mine}{trigger} — {line}"
+    return served_thumbnail(record) if thumb else placeholder_thumbnail(), f"{record.name}{mine}{trigger} — {line}"
+
+
+def served_thumbnail(record: StyleRecord) -> str:
+    """The style's thumbnail, copied where the server serves it: never the style's own folder,
+    which holds its training images and captions."""
+    thumb = record.thumbnail_path()
+    info = thumb.stat()
+    return served_copy(thumb, "thumbnails", f"{record.name}-{info.st_size:x}{info.st_mtime_ns:x}.png")
 
 
 def recommended(record: StyleRecord | None, base: str) -> tuple[float | None, float | None]:
@@ -67,7 +76,7 @@ def inspect_adapter(path: str | None):
         check_adapter_upload(path)
         summary = describe(SparseAdapter.load(path))
     except ShiraError as exc:
-        return f"**This file cannot be used:** {exc}", [], {}
+        return f"**This file cannot be used:** {scrub(exc)}", [], {}
     rows = [[row[c] if c != "shape" else "x".join(map(str, row[c])) for c in TENSOR_COLUMNS] for row in summary["tensors"]]
     meta = {k: v for k, v in summary.items() if k != "tensors"}
     text = (
@@ -152,7 +161,9 @@ def make_thumbnail(service, name: str, base: str) -> None:
 
 def user_style_files(service, name: str) -> list[str]:
     """The adapter files of one of the user's styles (for download)."""
-    record = service.catalog().get(name)
+    catalog = service.catalog()
+    record = catalog.get(check_style(catalog, name))
     if record.source != "user":
         raise ShiraError(f"{name!r} is a bundled style: its files are in the repository's styles/{name}/")
-    return [str(record.folder / entry.file) for entry in record.files.values() if (record.folder / entry.file).is_file()]
+    files = [record.folder / entry.file for entry in record.files.values() if (record.folder / entry.file).is_file()]
+    return [served_copy(path, "downloads", path.name) for path in files]  # copies: the folder is never served

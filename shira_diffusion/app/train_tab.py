@@ -9,10 +9,10 @@ import gradio as gr
 import pandas as pd
 
 from ..core.masks import DEFAULT_MASK, MASK_STRATEGIES
-from ..errors import ShiraError
+from .checks import finite, session_of, user_errors
 from .service import AppService
 from .training_jobs import MAX_TRAIN_STEPS, TrainingJobs
-from .uploads import IMAGE_SUFFIXES
+from .uploads import IMAGE_SUFFIXES, sweep_upload_cache
 
 POLL_SECONDS = 0.5
 DEFAULT_STEPS = 1000  # the trainer's default (TrainConfig.max_train_steps)
@@ -35,7 +35,7 @@ def build_train_tab(service: AppService, base: gr.Dropdown) -> dict:
         trigger = gr.Textbox(label="Trigger word (optional)")
     with gr.Row():
         mask = gr.Dropdown(list(MASK_STRATEGIES), value=DEFAULT_MASK, label="Mask")
-        steps = gr.Number(DEFAULT_STEPS, label="Steps", precision=0, minimum=1, maximum=MAX_TRAIN_STEPS)
+        steps = finite(gr.Number(DEFAULT_STEPS, label="Steps", precision=0, minimum=1, maximum=MAX_TRAIN_STEPS))
     with gr.Row():
         start = gr.Button("Train", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -43,13 +43,13 @@ def build_train_tab(service: AppService, base: gr.Dropdown) -> dict:
     status = gr.Markdown(elem_id="train-status")
     plot = gr.LinePlot(loss_frame([]), x="step", y="loss", title="Training loss", height=260)
 
+    @user_errors
     def run(files_value, caption_value, name_value, trigger_value, base_value, mask_value, steps_value,
-            progress=gr.Progress()):
-        try:
-            job = jobs.start(files_value, name_value, base_value, caption=caption_value or "",
-                             trigger=trigger_value or "", mask=mask_value, steps=int(steps_value or DEFAULT_STEPS))
-        except ShiraError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            request: gr.Request = None, progress=gr.Progress()):
+        sweep_upload_cache()  # uploads stay under their size bound
+        job = jobs.start(files_value, name_value, base_value, caption=caption_value, trigger=trigger_value,
+                         mask=mask_value, steps=DEFAULT_STEPS if steps_value is None else steps_value,
+                         owner=session_of(request))
         shown = -1
         while True:
             finished = job.finished
@@ -68,14 +68,11 @@ def build_train_tab(service: AppService, base: gr.Dropdown) -> dict:
     event = start.click(run, [files, caption, name, trigger, base, mask, steps], [job_id, status, plot],
                         api_name="train", concurrency_limit=1)
 
-    def cancel(job_value):
-        try:
-            job = jobs.cancel(job_value) if job_value else jobs.running()
-        except ShiraError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+    @user_errors
+    def cancel(job_value, request: gr.Request = None):
+        job = jobs.cancel(job_value, session_of(request))  # only this visitor's own run
         if job is None:
-            return "Nothing is training."
-        job.stop.set()
+            return "Nothing of yours is training."
         return f"Stopping **{job.name}** after this step..."
 
     stop.click(cancel, job_id, status, api_name="cancel_training")

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..catalog import check_style_name
+from ..core.masks import MASK_STRATEGIES
 from ..errors import ShiraError
+from .checks import checked_text, shown, whole
 from .service import AppService, base_name
 from .styles_view import make_thumbnail
 from .uploads import new_work_folder, training_folder
@@ -33,6 +35,7 @@ class TrainJob:
     base: str
     total: int
     folder: Path
+    owner: str = ""  # the visitor's session: only it may stop the run
     status: str = "preparing"  # preparing, running, saving, done, stopped, failed
     step: int = 0
     losses: list[float] = field(default_factory=list)
@@ -63,24 +66,27 @@ class TrainingJobs:
         return next((j for j in self.jobs.values() if not j.finished), None)
 
     def start(self, files, name: str, base: str, *, caption: str = "", trigger: str = "", mask: str | None = None,
-              steps: int = 1000, description: str = "") -> TrainJob:
-        """Check everything, write the data folder, and start the run in a thread."""
+              steps: int = 1000, description: str = "", owner: str = "") -> TrainJob:
+        """Check everything, write the data folder, and start the run in a thread (``owner``: the
+        visitor's session, the only one that may stop it)."""
         from ..training import TrainConfig, validate
 
-        name = check_style_name((name or "").strip())
+        base = self.service.check_base(base)
+        caption, trigger = checked_text(caption, "the caption"), checked_text(trigger, "the trigger word", 64)
+        description = checked_text(description, "the description")
+        if mask is not None and mask not in MASK_STRATEGIES:
+            raise ShiraError(f"mask must be one of {', '.join(MASK_STRATEGIES)}, got {shown(mask)}")
+        name = check_style_name(checked_text(name, "the style name", 64).strip())
         catalog = self.service.catalog()
         if name in catalog and catalog.get(name).source == "bundled":
             raise ShiraError(f"{name!r} is a bundled style's name; choose another")
         if name in catalog and catalog.get(name).has_adapter(base_name(base)):
             raise ShiraError(f"you already have a style {name!r} for {base_name(base)}; delete it or choose another name")
-        steps = int(steps)
-        if not 1 <= steps <= MAX_TRAIN_STEPS:
-            raise ShiraError(f"steps: 1 to {MAX_TRAIN_STEPS}")
+        steps = whole(steps, "steps", 1, MAX_TRAIN_STEPS)
         with self._lock:
-            if self.running() is not None:
-                raise ShiraError(f"style {self.running().name!r} is training; wait for it or stop it first")
+            busy(self.running(), owner, "training")
             folder = new_work_folder("jobs")
-            job = TrainJob(folder.name, name, base, steps, folder)
+            job = TrainJob(folder.name, name, base, steps, folder, owner)
             for old in [k for k, j in self.jobs.items() if j.finished][:-KEEP_JOBS]:
                 del self.jobs[old]
             self.jobs[job.id] = job
@@ -101,11 +107,12 @@ class TrainingJobs:
         job.thread.start()
         return job
 
-    def cancel(self, job_id: str) -> TrainJob:
-        job = self.jobs.get(job_id or "")
-        if job is None:
-            raise ShiraError("no such training run")
-        job.stop.set()
+    def cancel(self, job_id, owner: str = "") -> TrainJob | None:
+        """Stop ``owner``'s run ``job_id`` (empty: ``owner``'s running one; None if it has none).
+        Another visitor's run is refused: it is never "whatever is running"."""
+        job = owned_job(self.jobs, self.running, job_id, owner, "training run")
+        if job is not None:
+            job.stop.set()
         return job
 
     def _run(self, job: TrainJob, config, description: str) -> None:
@@ -131,3 +138,25 @@ class TrainingJobs:
         except Exception as exc:  # a failed run is a message in the page; the app keeps serving
             logger.exception("training %s failed", job.name)
             job.status, job.message = "failed", f"{type(exc).__name__}: {exc}" if not isinstance(exc, ShiraError) else str(exc)
+
+
+def owned_job(jobs: dict, running, job_id, owner: str, what: str):
+    """The job ``job_id`` if ``owner`` started it; with no id, ``owner``'s running job or None."""
+    if job_id in (None, ""):
+        job = running()
+        return job if job is not None and job.owner == owner else None
+    job = jobs.get(job_id) if isinstance(job_id, str) else None
+    if job is None:
+        raise ShiraError(f"no {what} {shown(job_id)}")
+    if job.owner != owner:
+        raise ShiraError(f"that {what} was started by another visitor: only they can stop it")
+    return job
+
+
+def busy(job, owner: str, what: str) -> None:
+    """One run at a time on the server: say whose is in the way (a stranger's name is not shown)."""
+    if job is None:
+        return
+    if job.owner == owner:
+        raise ShiraError(f"your {what} of {job.name!r} is still running; wait for it or stop it first")
+    raise ShiraError(f"another visitor's {what} is running (one at a time on this server); try again when it ends")

@@ -20,8 +20,9 @@ from ..catalog import check_style_name, sanitize_name
 from ..errors import ShiraError
 from .service import MAX_STEPS, AppService, base_name
 from .styles_view import make_thumbnail
-from .training_jobs import MAX_TRAIN_STEPS
-from .uploads import ADAPTER_SUFFIX, MAX_ADAPTER_BYTES, check_size, new_work_folder, training_folder
+from .checks import check_style, checked_text, style_files
+from .training_jobs import MAX_TRAIN_STEPS, busy, owned_job
+from .uploads import ADAPTER_SUFFIX, MAX_ADAPTER_BYTES, check_size, new_work_folder, served_copy, training_folder
 
 logger = logging.getLogger(__name__)
 MAX_SYNTHETIC = 500
@@ -41,6 +42,7 @@ class TransferJob:
     target: str
     kind: str
     folder: Path
+    owner: str = ""  # the visitor's session: only it may stop the run
     status: str = "preparing"  # preparing, running, saving, done, stopped, failed
     stage: str = "loading the bases"
     done: int = 0
@@ -89,7 +91,7 @@ class TransferJobs:
 
     def start(self, adapter_file: str | None, style: str | None, source: str, target: str, seed_files=None, *,
               name: str, kind: str = "shira", synthetic: int = 30, steps: int = 400, sample_steps: int = 20,
-              options: dict | None = None) -> TransferJob:
+              options: dict | None = None, owner: str = "") -> TransferJob:
         """Check everything a visitor can get wrong, write the seed folder, start the run in a thread.
         ``adapter_file``: an uploaded SHiRA or LoRA file; else ``style``'s SHiRA adapter for ``source``.
         Seeds: ``seed_files`` (images + same-name .txt, or zips); else ``style``'s first training
@@ -97,16 +99,16 @@ class TransferJobs:
         from ..transfer.lora import read_adapter_file
         from ..transfer.pipeline import KINDS, TransferConfig, bundled_family, check_config
 
-        source, target = (source or "").strip(), (target or "").strip()
         if not source or not target:
             raise ShiraError("choose a source base and a target base")
+        source, target = self.service.check_base(source), self.service.check_base(target)  # offered bases only
         if base_name(source) == base_name(target):
             raise ShiraError(f"the source and target bases are both {source}: choose another target base")
         if kind not in KINDS:
             raise ShiraError(f"output kind must be one of {', '.join(KINDS)}, got {kind!r}")
         synthetic, steps, sample_steps = _count(synthetic, "synthetic samples", MAX_SYNTHETIC), \
             _count(steps, "student steps", MAX_TRAIN_STEPS), _count(sample_steps, "sampling steps", MAX_STEPS)
-        name = check_style_name((name or "").strip())
+        name = check_style_name(checked_text(name, "the style name", 64).strip())
         catalog = self.service.catalog()
         variant = "shira" if kind == "shira" else "lora"
         if name in catalog and catalog.get(name).source == "bundled":
@@ -114,15 +116,15 @@ class TransferJobs:
         if name in catalog and catalog.get(name).has_adapter(base_name(target), variant):
             raise ShiraError(f"you already have a style {name!r} for {base_name(target)}; delete it or choose "
                              "another name")
-        style = (style or "").strip() or None
-        record = catalog.get(style) if style else None  # an unknown name: a clear error from the catalogue
+        style = checked_text(style, "the style", 64).strip() or None
+        record = catalog.get(check_style(catalog, style)) if style else None  # a name, never a file
         if adapter_file:
             adapter_file = str(adapter_file)
             if not adapter_file.lower().endswith(ADAPTER_SUFFIX):
                 raise ShiraError(f"{Path(adapter_file).name}: only .safetensors adapter files are accepted")
             check_size(adapter_file, MAX_ADAPTER_BYTES, "an adapter")
         elif record is not None:
-            adapter_file = str(catalog.resolve_adapter(style, base_name(source)))
+            adapter_file = str(style_files(catalog, [style], base_name(source))[0])
         else:
             raise ShiraError("upload an adapter (SHiRA or LoRA) or pick one of the source base's styles")
         if not seed_files and record is None:
@@ -140,10 +142,9 @@ class TransferJobs:
             raise ShiraError(f"{Path(adapter_file).name} was made for an {info.family.upper()}-family base; "
                              f"{source} is {family.upper()}-family")
         with self._lock:
-            if self.running() is not None:
-                raise ShiraError(f"{self.running().name!r} is being transferred; wait for it or stop it first")
+            busy(self.running(), owner, "transfer")
             folder = new_work_folder("transfers")
-            job = TransferJob(folder.name, name, source, target, kind, folder)
+            job = TransferJob(folder.name, name, source, target, kind, folder, owner)
             for old in [k for k, j in self.jobs.items() if j.finished][:-KEEP_JOBS]:
                 del self.jobs[old]
             self.jobs[job.id] = job
@@ -168,11 +169,12 @@ class TransferJobs:
         job.thread.start()
         return job
 
-    def cancel(self, job_id: str) -> TransferJob:
-        job = self.jobs.get(job_id or "")
-        if job is None:
-            raise ShiraError("no such transfer run")
-        job.stop.set()
+    def cancel(self, job_id, owner: str = "") -> TransferJob | None:
+        """Stop ``owner``'s run ``job_id`` (empty: ``owner``'s running one; None if it has none);
+        another visitor's run is refused."""
+        job = owned_job(self.jobs, self.running, job_id, owner, "transfer")
+        if job is not None:
+            job.stop.set()
         return job
 
     def _run(self, job: TransferJob, config, info) -> None:
@@ -230,9 +232,9 @@ class TransferJobs:
         paths = report_paths(config.out)
         if Path(paths["sheet"]).is_file():
             shutil.copyfile(paths["sheet"], f"{stem}.transfer.png")
-            job.sheet = f"{stem}.transfer.png"
+            job.sheet = served_copy(f"{stem}.transfer.png", "sheets")  # the page shows a copy, not the style's folder
         report["files"] = {"adapter": str(record.adapter_path(label, variant)), "report": f"{stem}.transfer.json",
-                           **({"sheet": job.sheet} if job.sheet else {})}
+                           **({"sheet": f"{stem}.transfer.png"} if job.sheet else {})}
         write_json(f"{stem}.transfer.json", report)
         if variant == "shira" and not (old and old.thumbnail_path()):
             make_thumbnail(self.service, job.name, job.target)

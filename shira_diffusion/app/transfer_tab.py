@@ -12,9 +12,10 @@ import gradio as gr
 from ..errors import ShiraError
 from ..transfer.pipeline import KINDS
 from .service import MAX_STEPS, AppService, base_name
+from .checks import checked_text, finite, scrub, session_of, user_errors
 from .training_jobs import MAX_TRAIN_STEPS
 from .transfer_jobs import MAX_SYNTHETIC, SEED_IMAGES, TransferJobs, key_numbers, student_name
-from .uploads import IMAGE_SUFFIXES
+from .uploads import IMAGE_SUFFIXES, sweep_upload_cache
 
 POLL_SECONDS = 0.5
 DEFAULT_SYNTHETIC = 30  # the settings of docs/transfer.md's figures (a few minutes per style on a CPU)
@@ -27,6 +28,15 @@ def numbers_text(report: dict) -> str:
     filled = f", {n['filled']} filled" if n.get("filled") else ""
     return (f"acceptance **{rate}** · kept / drawn **{n['kept']} / {n['drawn']}**{filled} · "
             f"MMD to the seeds **{n['mmd_before']} -> {n['mmd_after']}** · **{n['seconds']} s** in all")
+
+
+def scrubbed(value):
+    """A report as the page shows it: every string without the server's folders."""
+    if isinstance(value, dict):
+        return {k: scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrubbed(v) for v in value]
+    return scrub(value) if isinstance(value, str) else value
 
 
 def other_base(choices: list[str], base: str) -> str | None:
@@ -56,11 +66,11 @@ def build_transfer_tab(service: AppService) -> dict:
                     file_count="multiple", type="filepath", file_types=[*IMAGE_SUFFIXES, ".txt", ".zip"], height=120,
                     elem_id="transfer-seeds")
     with gr.Row():
-        synthetic = gr.Number(DEFAULT_SYNTHETIC, label="Synthetic samples kept", precision=0, minimum=1,
-                              maximum=MAX_SYNTHETIC)
-        steps = gr.Number(DEFAULT_STEPS, label="Student steps", precision=0, minimum=1, maximum=MAX_TRAIN_STEPS)
-        sample_steps = gr.Number(20, label="Sampling steps (teacher, report)", precision=0, minimum=1,
-                                 maximum=MAX_STEPS)
+        synthetic = finite(gr.Number(DEFAULT_SYNTHETIC, label="Synthetic samples kept", precision=0, minimum=1,
+                                     maximum=MAX_SYNTHETIC))
+        steps = finite(gr.Number(DEFAULT_STEPS, label="Student steps", precision=0, minimum=1, maximum=MAX_TRAIN_STEPS))
+        sample_steps = finite(gr.Number(20, label="Sampling steps (teacher, report)", precision=0, minimum=1,
+                                        maximum=MAX_STEPS))
         kind = gr.Radio(list(KINDS), value="shira", label="Output")
         name = gr.Textbox(label="New style name", elem_id="transfer-name")
     with gr.Row():
@@ -79,19 +89,26 @@ def build_transfer_tab(service: AppService) -> dict:
         except ShiraError:
             return gr.update(choices=[], value=None)
 
-    source.input(styles_of, source, style, api_visibility="private")
-    style.input(lambda s, t: student_name(s or "", t or ""), [style, target], name, api_visibility="private")
-    adapter.upload(lambda path, t: student_name(Path(path).name.split(".")[0] if path else "", t or ""),
-                   [adapter, target], name, api_visibility="private")
+    @user_errors
+    def suggested(style_value, target_value):
+        return student_name(checked_text(style_value, "the style", 64), service.check_base(target_value))
 
+    @user_errors
+    def suggested_for_upload(path, target_value):
+        return student_name(Path(path).name.split(".")[0] if isinstance(path, str) else "",
+                            service.check_base(target_value))
+
+    source.input(styles_of, source, style, api_visibility="private")
+    style.input(suggested, [style, target], name, api_visibility="private")
+    adapter.upload(suggested_for_upload, [adapter, target], name, api_visibility="private")
+
+    @user_errors
     def run(adapter_value, style_value, source_value, target_value, seeds_value, synthetic_value, steps_value,
-            sample_steps_value, kind_value, name_value, progress=gr.Progress()):
-        try:
-            job = jobs.start(adapter_value, style_value, source_value, target_value, seeds_value, name=name_value,
-                             kind=kind_value, synthetic=synthetic_value, steps=steps_value,
-                             sample_steps=sample_steps_value)
-        except ShiraError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            sample_steps_value, kind_value, name_value, request: gr.Request = None, progress=gr.Progress()):
+        sweep_upload_cache()  # uploads stay under their size bound
+        job = jobs.start(adapter_value, style_value, source_value, target_value, seeds_value, name=name_value,
+                         kind=kind_value, synthetic=synthetic_value, steps=steps_value,
+                         sample_steps=sample_steps_value, owner=session_of(request))
         shown = None
         while True:
             finished = job.finished
@@ -102,7 +119,7 @@ def build_transfer_tab(service: AppService) -> dict:
                         f"{job.message}")
                 if job.status == "done":
                     text = f"**{job.name}**: {job.message}.\n\n{numbers_text(job.report)}"
-                yield job.id, text, job.sheet, job.report or None
+                yield job.id, text, job.sheet, scrubbed(job.report) or None
             if finished:
                 break
             time.sleep(POLL_SECONDS)
@@ -112,14 +129,11 @@ def build_transfer_tab(service: AppService) -> dict:
     event = start.click(run, [adapter, style, source, target, seeds, synthetic, steps, sample_steps, kind, name],
                         [job_id, status, sheet, report_json], api_name="transfer", concurrency_limit=1)
 
-    def cancel(job_value):
-        try:
-            job = jobs.cancel(job_value) if job_value else jobs.running()
-        except ShiraError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+    @user_errors
+    def cancel(job_value, request: gr.Request = None):
+        job = jobs.cancel(job_value, session_of(request))  # only this visitor's own run
         if job is None:
-            return "Nothing is being transferred."
-        job.stop.set()
+            return "Nothing of yours is being transferred."
         return f"Stopping **{job.name}** at the next step..."
 
     stop.click(cancel, job_id, status, api_name="cancel_transfer")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -48,6 +49,90 @@ def prune_oldest_pngs(folder: Path, keep: int) -> None:
             old.unlink()
         except OSError:
             pass
+
+
+def upload_folder() -> Path:
+    """Gradio's upload cache: ``$GRADIO_TEMP_DIR`` (``serving_environment`` puts it under
+    ``$SHIRA_HOME/app/gradio``), else the system's."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder())
+
+
+MAX_UPLOAD_CACHE_BYTES = int(os.environ.get("SHIRA_APP_MAX_UPLOAD_CACHE_MB", "2048")) * MB
+UPLOAD_CACHE_MIN_AGE = 600  # seconds: a younger upload may still be in use (inspect, then Add)
+KEEP_UPLOADS_SECONDS = 3600  # Gradio's delete_cache removes uploads older than this (ui.DELETE_CACHE)
+_last_sweep = [0.0]
+
+
+def sweep_upload_cache(folder: Path | None = None, limit: int = MAX_UPLOAD_CACHE_BYTES,
+                       min_age: float = UPLOAD_CACHE_MIN_AGE, every: float = 30.0) -> int:
+    """Keep Gradio's upload cache under ``limit`` bytes: the oldest files older than ``min_age``
+    go first (Gradio's ``delete_cache`` removes the rest by age). At most once per ``every``
+    seconds; returns the bytes removed."""
+    now = time.time()
+    if folder is None and not os.environ.get("GRADIO_TEMP_DIR"):
+        return 0  # the system's shared gradio folder: not the app's to sweep
+    if now - _last_sweep[0] < every:
+        return 0
+    _last_sweep[0] = now
+    folder = folder or upload_folder()
+    files = []
+    for path in folder.rglob("*") if folder.is_dir() else []:
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            files.append((info.st_mtime, info.st_size, path))
+    total, removed = sum(size for _, size, _ in files), 0
+    for mtime, size, path in sorted(files):
+        if total - removed <= limit or now - mtime < min_age:
+            break
+        try:
+            path.unlink()
+            removed += size
+        except OSError:
+            pass
+    return removed
+
+
+def served_copy(path, kind: str, name: str | None = None) -> str:
+    """A copy of a file the page shows or offers (a thumbnail, a transfer's sheet, a style to
+    download) where the server may serve it, so the user's styles folder itself is never served:
+    ``$SHIRA_HOME/app/static/<kind>/`` for images, Gradio's upload cache for downloads."""
+    source = Path(path)
+    if kind == "downloads":  # a fresh folder per request; those of past requests go after an hour
+        _remove_old_folders(upload_folder() / "shira-downloads", KEEP_UPLOADS_SECONDS)
+        folder = upload_folder() / "shira-downloads" / uuid.uuid4().hex[:16]
+    else:
+        folder = app_home() / "static" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    info = source.stat()
+    target = folder / (name or f"{source.stem}-{info.st_size:x}{info.st_mtime_ns:x}{source.suffix}")
+    if not target.is_file():
+        temporary = folder / f".{target.name}.{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+        if kind != "downloads":
+            prune_oldest_pngs(folder, 1024)
+    return str(target)
+
+
+def _remove_old_folders(parent: Path, age: float) -> None:
+    for folder in parent.iterdir() if parent.is_dir() else []:
+        try:
+            if time.time() - folder.stat().st_mtime > age:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse, with one line, a folder the app must write in but cannot (read-only, another owner)."""
+    from ..core.adapter import check_writable_folder
+
+    check_writable_folder(folder, what)
 
 
 def new_work_folder(kind: str) -> Path:
