@@ -10,6 +10,7 @@ import logging
 import sys
 
 from shira_diffusion.errors import ShiraError
+from shira_diffusion.quality.self_check import summary_line
 from shira_diffusion.training import TrainingInterrupted, parse_flags, train
 
 PROG = "train_style.py"
@@ -37,6 +38,8 @@ def main(argv=None) -> int:
     trigger = f"; trigger {record['trigger']!r} (inferred from the captions)" if record["trigger_inferred"] else ""
     print(f"wrote {record['files']['adapter']} ({record['trainable_params']:,} parameters, {record['seconds']} s"
           f"{trigger})")
+    if "self_check" in record:
+        print(summary_line(record["self_check"]))
     return 0
 
 

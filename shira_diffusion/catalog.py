@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -429,7 +430,8 @@ class StyleCatalog:
         base = base_label(base)
         key = f"{base}/{variant}"
         target = f"{name}.{base}{variant_suffix(variant)}"
-        AdapterEntry.from_dict({**(entry or {}), "file": target})  # refuse a bad entry before any change
+        entry = {**recommended_setting(adapter_file), **(entry or {})}  # the self-check's choice, unless given
+        AdapterEntry.from_dict({**entry, "file": target})  # refuse a bad entry before any change
         if (self.bundled_root / name / RECORD_NAME).is_file():
             raise ShiraError(f"{name!r} is a bundled style's name; choose another")
         folder = self.user_root / name
@@ -583,6 +585,22 @@ def _fill_style(folder: Path, values: dict, key: str, target: str, adapter_file,
 
 def _copy_atomic(source, target: Path) -> None:
     write_atomically(target, lambda temporary: shutil.copyfile(source, temporary))
+
+
+def recommended_setting(adapter_file: str | os.PathLike) -> dict:
+    """``{"guidance", "weight"}`` the self-check after training stored in an adapter file's header
+    (``recommended``), or {} (none, or not a readable safetensors file: the adapter's own checks say why)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(adapter_file), framework="pt") as handle:
+            value = json.loads((handle.metadata() or {}).get("recommended") or "null")
+    except Exception:  # unreadable or not JSON: nothing recommended
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    setting = {k: value[k] for k in ("guidance", "weight") if type(value.get(k)) in (int, float)}
+    return setting if len(setting) == 2 and all(math.isfinite(v) for v in setting.values()) else {}
 
 
 def default_catalog() -> StyleCatalog:

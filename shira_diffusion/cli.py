@@ -443,14 +443,15 @@ def _cmd_generate(args) -> None:
     if weight != 1.0:
         styles = [(styles[0][0], weight)]
     resolve_styles(styles, base_name, read=True)  # every adapter file read and validated now
+    source = "its self-check" if styles[0][0].endswith(".safetensors") else "style.json"
     scheduler = base_scheduler(args.base)
     if scheduler is not None:  # else generate checks the steps once the base is loaded, before any image
         check_steps(scheduler, args.steps)
     if args.guidance is None and guidance != DEFAULT_GUIDANCE:
-        print(f"guidance {guidance:g}: recommended for {styles[0][0]} on {base_name} (style.json; --guidance sets it)",
+        print(f"guidance {guidance:g}: recommended for {styles[0][0]} on {base_name} ({source}; --guidance sets it)",
               file=sys.stderr)
     if weight != 1.0:
-        print(f"weight {styles[0][1]:g}: recommended for {styles[0][0]} on {base_name} (style.json; "
+        print(f"weight {styles[0][1]:g}: recommended for {styles[0][0]} on {base_name} ({source}; "
               f"{styles[0][0]}=WEIGHT sets it)", file=sys.stderr)
     pipe = load_pipeline(args.base, single_file_config=args.config)
     pipe.set_progress_bar_config(disable=True)
@@ -668,6 +669,7 @@ def shape_only_unet(config: dict):
 
 
 def _cmd_train(args) -> None:
+    from .quality.self_check import summary_line
     from .training import TrainingInterrupted, config_from_args, train
 
     try:
@@ -680,6 +682,8 @@ def _cmd_train(args) -> None:
     trigger = f"; trigger {record['trigger']!r} (inferred from the captions)" if record["trigger_inferred"] else ""
     print(f"wrote {record['files']['adapter']} ({record['trainable_params']:,} parameters, {record['seconds']} s"
           f"{trigger})")
+    if "self_check" in record:
+        print(summary_line(record["self_check"]))
 
 
 def _add_transfer_parsers(commands, ev_kinds) -> None:

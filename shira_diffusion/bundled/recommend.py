@@ -23,12 +23,13 @@ prompts at it.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..bases import load_pipeline
-from ..catalog import default_catalog
+from ..catalog import default_catalog, recommended_setting
 from ..core.bank import StyleBank
 from ..errors import ShiraError
 from ..generate import DEFAULT_GUIDANCE, applied_adapter, generate_batched, with_triggers
@@ -143,20 +144,30 @@ def _single_bundled(styles: Sequence[tuple[str, float]]) -> str | None:
     return styles[0][0] if len(styles) == 1 and styles[0][0] in default_catalog() else None
 
 
+def _single_file_setting(styles: Sequence[tuple[str, float]]) -> dict:
+    """A single adapter file's own recommended setting (its self-check's, in its header), or {}."""
+    if len(styles) != 1 or not str(styles[0][0]).endswith(".safetensors") or not os.path.isfile(styles[0][0]):
+        return {}
+    return recommended_setting(styles[0][0])
+
+
 def default_guidance(styles: Sequence[tuple[str, float]], base: str) -> float:
-    """What ``shira generate`` uses without ``--guidance``: a single bundled style's recommended
-    guidance for this base (its SHiRA adapter, the one generate fuses); else the default. Mixes
-    keep the default: their guidance is not measured."""
+    """What ``shira generate`` uses without ``--guidance``: a single catalogue style's recommended
+    guidance for this base (its SHiRA adapter, the one generate fuses), or a single adapter file's
+    own (stored by the self-check after training); else the default. Mixes keep the default: their
+    guidance is not measured."""
     name = _single_bundled(styles)
-    recorded = recorded_guidance(name, base) if name else None
+    recorded = recorded_guidance(name, base) if name else _single_file_setting(styles).get("guidance")
     return DEFAULT_GUIDANCE if recorded is None else float(recorded)
 
 
 def default_weight(styles: Sequence[tuple[str, float]], base: str) -> float:
-    """The weight ``shira generate`` fuses a single bundled style at when none is given (``NAME``
-    rather than ``NAME=WEIGHT``): its recommended one for this base, else 1. Mixes: 1 each."""
+    """The weight ``shira generate`` fuses a single style at when none is given (``NAME`` rather than
+    ``NAME=WEIGHT``): its recommended one for this base (``style.json``, or the file's own), else 1.
+    Mixes: 1 each."""
     name = _single_bundled(styles)
-    return float(recorded_entry(name, base).get("weight", 1.0)) if name else 1.0
+    entry = recorded_entry(name, base) if name else _single_file_setting(styles)
+    return float(entry.get("weight", 1.0))
 
 
 def recommended_measurement(entry: dict) -> dict:

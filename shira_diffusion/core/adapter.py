@@ -60,6 +60,9 @@ class SparseAdapter:
     # {"strategy": "struct", "slot": int | None, "sizes": {tensor: entries}}: the mask rebuilt from
     # the shapes alone. Set (and checked against the indices) by ``with_mask_spec``.
     mask_spec: dict | None = None
+    # {"guidance", "weight", "strength", "content", ...}: the setting the self-check after training
+    # chose (``quality.self_check``); ``shira generate`` and the app use it for this file.
+    recommended: dict | None = None
 
     def __post_init__(self):
         self.shapes = {k: tuple(int(d) for d in v) for k, v in self.shapes.items()}
@@ -179,11 +182,14 @@ class SparseAdapter:
             name=self.name,
             description=self.description,
             recipe=dict(self.recipe),
+            recommended=dict(self.recommended) if self.recommended else None,
         )
 
     # ---------------------------------------------------------------- I/O
     def metadata(self) -> dict[str, str]:
         spec = {"mask_spec": json.dumps(self.mask_spec, sort_keys=True)} if self.mask_spec else {}
+        if self.recommended:
+            spec["recommended"] = json.dumps(self.recommended, sort_keys=True)
         return {
             "format": FORMAT_NAME,
             "format_version": str(SPEC_FORMAT_VERSION if self.mask_spec else FORMAT_VERSION),
@@ -261,6 +267,7 @@ class SparseAdapter:
         adapter.description = meta.get("description", "")
         adapter.recipe = recipe
         adapter.mask_spec = spec
+        adapter.recommended = _recommended_field(path, meta)
         if validate:
             adapter.validate(source=path)
         if meta.get("base_fingerprint") and meta["base_fingerprint"] != adapter.fingerprint:
@@ -298,6 +305,20 @@ def _header_json(path: str, meta: Mapping[str, str], field: str, default: str):
         return json.loads(meta.get(field) or default)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise AdapterFileError(f"{path}: header field {field!r} is not valid JSON ({exc})") from None
+
+
+def _recommended_field(path: str, meta: Mapping[str, str]) -> dict | None:
+    """The header's ``recommended`` setting, checked: a finite guidance in [0, 100] and weight in [-10, 10]."""
+    if not meta.get("recommended"):
+        return None
+    value = _header_json(path, meta, "recommended", "null")
+    ok = isinstance(value, dict) and all(
+        type(value.get(key)) in (int, float) and math.isfinite(value[key]) and low <= value[key] <= high
+        for key, low, high in (("guidance", 0, 100), ("weight", -10, 10)))
+    if not ok:
+        raise AdapterFileError(f"{path}: header field 'recommended' must hold a guidance (0-100) and a weight "
+                               "(-10 to 10)")
+    return value
 
 
 def _json_type(value) -> str:

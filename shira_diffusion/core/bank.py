@@ -247,6 +247,7 @@ class StyleBank:
             name=meta.name,
             description=meta.description,
             recipe=dict(meta.recipe),
+            recommended=meta.recommended,
         )
 
     def load(self, path: str | os.PathLike, name: str | None = None) -> str:

@@ -38,12 +38,13 @@ MAX_SEED = 2**63  # seeds are 63-bit (``hash_seed``, mask seeds): [0, 2**63)
 BOOKKEEPING_FIELDS = frozenset({
     "output", "progress", "overwrite", "resume_from_checkpoint", "checkpointing_steps", "validation_prompt",
     "validation_steps", "num_validation_images", "name", "description", "save_dtype", "kohya", "extra",
-    "discriminator", "discriminator_samples", "discriminator_sample_steps",
+    "discriminator", "discriminator_samples", "discriminator_sample_steps", "no_check",
 })
 
 
 def _help(text: str, **flag) -> dict:
-    """Field metadata: the flag's help text, plus argparse settings (``choices``, ``group``, ``cli=False``)."""
+    """Field metadata: the flag's help text, plus argparse settings (``choices``, ``group``, ``cli=False``,
+    ``aliases`` for a bool flag)."""
     return {"help": text, **flag}
 
 
@@ -143,6 +144,12 @@ class TrainConfig:
         "--discriminator: synthetic images it learns against (default 2 x the training images, at least 10)"))
     discriminator_sample_steps: int | None = field(default=None, metadata=_help(
         "--discriminator: denoising steps of those images (default 20, as shira transfer's --sample-steps)"))
+    # The self-check (quality/): a style detector from the training images, then strength and content
+    # on new prompts over a few settings; the best one is stored in the adapter (docs/training.md).
+    no_check: bool = field(default=False, metadata=_help(
+        "skip the self-check after training (strength and content on new prompts, and the guidance and weight "
+        "stored in the adapter for shira generate and the app; at most a quarter of the training time)",
+        aliases=("--no-check",)))
     progress: bool = field(default=True, metadata=_help("show a progress bar", cli=False))
     # recorded in the adapter's recipe (e.g. the style's look)
     extra: dict = field(default_factory=dict, metadata=_help("extra recipe entries", cli=False))
@@ -334,7 +341,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind = _flag_type(f.type)
         help_text = meta.get("help", "")
         if kind is bool:
-            target.add_argument(f"--{f.name}", action="store_true", help=help_text)
+            target.add_argument(f"--{f.name}", *meta.get("aliases", ()), action="store_true", help=help_text)
             continue
         options = {"type": kind, "help": help_text}
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:

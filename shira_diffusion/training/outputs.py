@@ -27,7 +27,7 @@ def output_paths(output: str) -> dict[str, str]:
     stem = output[: -len(".safetensors")]
     return {"adapter": output, "loss_curve": stem + ".loss.png", "validation": stem + ".validation",
             "checkpoints": stem + ".checkpoints", "record": stem + ".json", "kohya": stem + ".kohya.safetensors",
-            "discriminator": stem + ".discriminator.json"}
+            "discriminator": stem + ".discriminator.json", "detector": stem + ".detector.json"}
 
 
 def stem(path: str) -> str:

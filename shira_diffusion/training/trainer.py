@@ -183,9 +183,42 @@ class StyleTrainer:
         try:
             self.setup()
             finished = self.loop()
-            return self.save() if finished else self.stop_record()
+            record = self.save() if finished else self.stop_record()
         finally:
             self.teardown()
+        if finished and not self.config.no_check and self.accelerator.is_main_process:
+            record["self_check"] = self.self_check(record)
+        return record
+
+    def self_check(self, record: dict) -> dict:
+        """After teardown (the base's own weights back): the detector, the search, the chosen setting
+        stored in the adapter; the record file and a stored discriminator follow the rewritten file.
+        A check that fails leaves the adapter as it was written and says so."""
+        from ..quality.after_training import check_new_style
+        from ..quality.self_check import summary_line
+
+        config = self.config
+        self.pipe.unet.eval()
+        try:
+            result = check_new_style(self.pipe, config.output, config.adapter, self.data.images, self.data.captions,
+                                     self.trigger, detector_path=self.paths["detector"],
+                                     train_seconds=record["seconds"], train_steps=record["steps"], seed=config.seed)
+        except Exception as exc:  # the adapter is written and whole: a failed check must not lose it
+            logger.warning("self-check failed (%s: %s); the adapter is written, without a recommended setting",
+                           type(exc).__name__, exc)
+            return {"failed": f"{type(exc).__name__}: {exc}"}
+        logger.debug(summary_line(result))  # the commands print it
+        if config.discriminator and "chosen" in result:  # the file changed: keep its discriminator tied to it
+            from ..transfer.discriminator import file_sha256, load_discriminator, save_discriminator
+
+            disc, about = load_discriminator(self.paths["discriminator"])
+            about["adapter_sha256"] = [file_sha256(f) for f in [config.output] + (
+                [self.paths["kohya"]] if config.kohya else [])]
+            save_discriminator(self.paths["discriminator"], disc, about)
+        with open(self.paths["record"], encoding="utf-8") as handle:
+            stored = json.load(handle)
+        write_text(self.paths["record"], json.dumps({**stored, "self_check": result}, indent=1))
+        return result
 
     def setup(self) -> None:
         """Loads the pipeline (unless given), builds the trainable adapter, optimizer and schedule,

@@ -1,0 +1,238 @@
+"""The self-check's parts: validation prompts, the content check, the style detector, the search,
+and the chosen setting stored in the adapter and used by generate."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from shira_diffusion.quality.content import content_kept, structure_similarity
+from shira_diffusion.quality.detector import StyleDetector, detector_from_features, paired_features
+from shira_diffusion.quality.features import style_features
+from shira_diffusion.quality.prompts import validation_prompts
+from shira_diffusion.quality.self_check import CONTENT_TOLERANCE, STRENGTH_TARGET, self_check, summary_line
+from shira_diffusion.toy.prompts import reserved_prompts
+from shira_diffusion.toy.world import render, sample_scene
+
+from conftest import make_adapter, make_unet
+
+
+def _scenes(count, seed):
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng) for _ in range(count)]
+
+
+def _scanlines(image, strength=0.5):
+    out = image.astype(np.float64)
+    out[::4] *= 1 - strength
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def test_validation_prompts_are_new_combinations_never_training_or_reserved():
+    training = ["a red circle on a blue background", "a green ring on a black background"]
+    toy = validation_prompts(training, 12, seed=3)
+    assert len(toy) == 12 and not set(toy) & (set(training) | set(reserved_prompts()))
+    assert validation_prompts(training, 12, seed=3) == toy  # seeded
+    captions = ["a cat in a hat", "a dog on a mat", "a fox by a tree", "one"]
+    other = validation_prompts(captions, 6, seed=0)
+    assert other and not set(other) & set(captions)
+    for prompt in other:  # one caption with one word swapped for another caption's word at that place
+        assert any(sum(a != b for a, b in zip(prompt.split(), c.split())) == 1 for c in captions[:3])
+        assert all(word in {c.split()[i] for c in captions[:3]} for i, word in enumerate(prompt.split()))
+    assert validation_prompts(["only one caption"], 4) == []
+
+
+def test_the_content_check_keeps_a_look_and_loses_a_new_scene():
+    from shira_diffusion.toy.looks import apply_looks
+
+    scenes = _scenes(20, 0)
+    plain = [render(s) for s in scenes]
+    prompts = [s.prompt() for s in scenes]
+    for look in ("hatching", "halftone", "outline", "frame", "pastel", "night"):
+        kept = content_kept([apply_looks(im, [look]) for im in plain], plain, prompts)
+        assert kept["method"] == "structure proxy" and kept["content"] >= 0.9, look
+    assert content_kept([_scanlines(im) for im in plain], plain, prompts)["content"] == 1.0
+    other = [render(s) for s in _scenes(20, 1)]  # other shapes, other places: the content changed
+    assert content_kept(other, plain, prompts)["content"] <= 0.2
+    assert structure_similarity(plain[0], plain[0]) == pytest.approx(1.0)
+    read = content_kept([apply_looks(im, ["hatching"]) for im in plain], plain, prompts, looks=["hatching"])
+    assert read["method"] == "toy reader" and read["base_content"] == 1.0 and read["content"] >= 0.9
+
+
+def _detector(seed=0, count=24):
+    """A detector for scanlines, from rendered images: the style against plain ones, each beside a plain pair."""
+    real = [_scanlines(render(s)) for s in _scenes(count, seed)]
+    pair_a = [render(s) for s in _scenes(count, seed + 100)]
+    pair_b = [render(s) for s in _scenes(count, seed + 200)]
+    return detector_from_features(style_features(real), style_features(pair_a), style_features(pair_b), about={})
+
+
+def test_the_detector_tells_the_style_on_new_images_and_round_trips_through_json(tmp_path):
+    detector = _detector()
+    scenes = _scenes(20, 7)
+    plain = [render(s) for s in scenes]
+    styled = [_scanlines(im) for im in plain]
+    assert detector.strength(styled, plain) >= 0.9
+    assert detector.strength(plain, [render(s) for s in _scenes(20, 8)]) <= 0.1
+    detector.save(tmp_path / "x.detector.json")
+    text = (tmp_path / "x.detector.json").read_text()
+    assert json.loads(text)["format"] == "shira-style-detector"
+    again = StyleDetector.load(tmp_path / "x.detector.json")
+    assert np.array_equal(again.scores(styled, plain), detector.scores(styled, plain))
+    (tmp_path / "bad.json").write_text('{"format": "shira-style-detector", "features_version": 99}')
+    with pytest.raises(Exception, match="version 99"):
+        StyleDetector.load(tmp_path / "bad.json")
+    assert paired_features(np.ones((2, 3)), np.zeros((2, 3))).shape == (2, 6)
+
+
+class _Fake:
+    """A style that shows with the weight and, past ``leak_from``, paints over the content."""
+
+    def __init__(self, show_from=1.2, leak_from=10.0):
+        self.show_from, self.leak_from = show_from, leak_from
+        self.draws = []
+
+    def draw(self, prompts, guidance, weight):
+        self.draws.append((guidance, weight))
+        scenes = [sample_scene(np.random.default_rng(i)) for i in range(len(prompts))]
+        images = [render(s) for s in scenes]
+        if weight >= self.show_from:
+            images = [_scanlines(im) for im in images]
+        if weight >= self.leak_from:  # the scene gone, the style still there
+            images = [_scanlines(np.full_like(im, 160)) for im in images]
+        return images
+
+
+def _prompts():
+    return [s.prompt() for s in (sample_scene(np.random.default_rng(i)) for i in range(8))]
+
+
+def test_the_search_raises_a_weak_style_until_it_shows():
+    fake = _Fake(show_from=1.5)
+    result = self_check(fake.draw, _detector(), _prompts(), "sks", budget_seconds=600)
+    assert result["meets"] and result["chosen"]["weight"] >= 1.5 and result["chosen"]["guidance"] == 5
+    assert [w for _, w in fake.draws if w] == [1.0, 1.25, 1.5625]
+    assert "recommended" in summary_line(result)
+
+
+def test_the_search_lowers_a_style_that_leaks_and_reports_one_that_cannot_meet_both():
+    fake = _Fake(show_from=0.5, leak_from=0.9)
+    result = self_check(fake.draw, _detector(), _prompts(), "sks", budget_seconds=600)
+    assert result["meets"] and result["chosen"]["weight"] == 0.8
+    hopeless = _Fake(show_from=10.0)
+    result = self_check(hopeless.draw, _detector(), _prompts(), "sks", budget_seconds=600)
+    assert not result["meets"] and result["chosen"]["strength"] < STRENGTH_TARGET
+    assert "below target" in summary_line(result) and "weak" in summary_line(result)
+    assert len({g for g, _ in hopeless.draws}) == 3  # every guidance tried once the weight ran out
+    assert CONTENT_TOLERANCE == 0.10
+
+
+def test_the_search_stops_when_its_budget_is_spent():
+    fake = _Fake(show_from=10.0)
+    result = self_check(fake.draw, _detector(), _prompts(), "sks", budget_seconds=0)
+    assert len(result["measured"]) == 1 and not result["meets"]
+
+
+def test_the_recommended_setting_travels_in_the_header_to_generate_and_the_catalogue(tmp_path, monkeypatch):
+    from shira_diffusion import SparseAdapter
+    from shira_diffusion.bundled.recommend import default_guidance, default_weight
+    from shira_diffusion.catalog import StyleCatalog, recommended_setting
+    from shira_diffusion.errors import AdapterFileError
+    from shira_diffusion.quality.after_training import store_recommended
+
+    path = tmp_path / "ink.safetensors"
+    make_adapter(make_unet(), name="ink", rank=2).with_mask_spec(None).save(path)
+    before = SparseAdapter.load(path)
+    result = {"chosen": {"guidance": 7.5, "weight": 1.25, "strength": 0.95, "content": 0.9, "base_content": 0.95},
+              "meets": True, "prompts": 12}
+    store_recommended(str(path), "shira", result)
+    after = SparseAdapter.load(path)
+    assert after.recommended["guidance"] == 7.5 and after.mask_spec == before.mask_spec
+    assert all(torch.equal(after.values[n], before.values[n]) for n in before.values)
+    assert recommended_setting(path) == {"guidance": 7.5, "weight": 1.25}
+    styles = [(str(path), 1.0)]
+    assert default_guidance(styles, "toy-sd") == 7.5 and default_weight(styles, "toy-sd") == 1.25
+    monkeypatch.setenv("SHIRA_HOME", str(tmp_path / "home"))
+    catalog = StyleCatalog(user_root_=tmp_path / "home" / "styles")
+    record = catalog.add("ink", path, "toy-sd")
+    entry = record.entry("toy-sd", "shira")
+    assert (entry.guidance, entry.weight) == (7.5, 1.25)
+    bad = tmp_path / "bad.safetensors"
+    after.recommended = {"guidance": float("nan"), "weight": 1.0}
+    after.save(bad)
+    with pytest.raises(AdapterFileError, match="recommended"):
+        SparseAdapter.load(bad)
+
+
+@pytest.fixture
+def quick_check(monkeypatch):
+    """The self-check at a size a test affords: it runs whatever the run's length, on 4 prompts of 2 steps."""
+    from shira_diffusion.quality import after_training
+
+    monkeypatch.setattr(after_training, "STEPS_PER_IMAGE", 0.0)
+    monkeypatch.setattr(after_training, "BUDGET_SHARE", 1e6)
+    monkeypatch.setattr(after_training, "PROMPTS", 4)
+    monkeypatch.setattr(after_training, "STEPS", 2)
+
+
+def _train(tmp_path, toy_pipeline_folders, **overrides):
+    from shira_diffusion.bases import load_pipeline
+    from shira_diffusion.toy.looks import LOOKS
+    from shira_diffusion.toy.world import write_dataset
+    from shira_diffusion.training import TrainConfig, train
+
+    data = tmp_path / "data"
+    write_dataset(data, 4, seed=11, style="zxq", look=LOOKS["hatching"])
+    pipe = load_pipeline(toy_pipeline_folders["sd"])
+    pipe.set_progress_bar_config(disable=True)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    config = TrainConfig(train_data_dir=str(data), output=str(tmp_path / "out" / "ink.safetensors"),
+                         train_batch_size=1, max_train_steps=3, progress=False, resolution=32, trigger="zxq",
+                         **overrides)
+    record = train(config, pipeline=pipe)
+    after = pipe.unet.state_dict()  # the check put the adapter on and took it off again: the base as it was
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    return record, pipe
+
+
+def test_training_ends_with_the_self_check_and_stores_its_choice(tmp_path, toy_pipeline_folders, quick_check):
+    from shira_diffusion import SparseAdapter
+    from shira_diffusion.bundled.recommend import default_guidance, default_weight
+
+    record, pipe = _train(tmp_path, toy_pipeline_folders)
+    check = record["self_check"]
+    assert "chosen" in check and check["prompts"] == 4 and check["measured"]
+    adapter = SparseAdapter.load(tmp_path / "out" / "ink.safetensors")
+    assert adapter.recommended["guidance"] == check["chosen"]["guidance"]
+    assert adapter.recommended["weight"] == check["chosen"]["weight"]
+    assert json.loads((tmp_path / "out" / "ink.json").read_text())["self_check"]["chosen"] == check["chosen"]
+    assert StyleDetector.load(tmp_path / "out" / "ink.detector.json").about["adapter"] == "ink.safetensors"
+    styles = [(str(tmp_path / "out" / "ink.safetensors"), 1.0)]
+    assert default_guidance(styles, "x") == check["chosen"]["guidance"]
+    assert default_weight(styles, "x") == check["chosen"]["weight"]
+    assert summary_line(check).startswith("self-check: style shows in")
+
+
+def test_no_check_skips_it_and_a_short_run_says_why(tmp_path, toy_pipeline_folders):
+    from shira_diffusion.training.config import parse_flags
+
+    assert parse_flags(["--train_data_dir", "d", "--output", "o.safetensors", "--no-check"]).no_check
+    record, _ = _train(tmp_path / "a", toy_pipeline_folders, no_check=True)
+    assert "self_check" not in record and not (tmp_path / "a" / "out" / "ink.detector.json").exists()
+    record, _ = _train(tmp_path / "b", toy_pipeline_folders)  # 3 steps: no room for a check in a quarter of it
+    assert "too short" in record["self_check"]["skipped"] and "--no-check" in summary_line(record["self_check"])
+
+
+def test_a_failing_self_check_keeps_the_adapter_and_says_so(tmp_path, toy_pipeline_folders, quick_check,
+                                                           monkeypatch):
+    from shira_diffusion.quality import after_training
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(after_training, "fit_style_detector", broken)
+    record, _ = _train(tmp_path, toy_pipeline_folders)
+    assert record["self_check"] == {"failed": "RuntimeError: out of memory"}
+    assert "adapter is written" in summary_line(record["self_check"])
+    assert (tmp_path / "out" / "ink.safetensors").is_file()
