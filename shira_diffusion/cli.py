@@ -179,6 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
                            "style's style.json")
     ev_styles.add_argument("--sheet", help="write a PNG with the first 8 images of every row (plain, each adapter)")
     ev_styles.add_argument("--json", action="store_true")
+    ev_new = ev_kinds.add_parser(
+        "new-style",
+        help="train styles as a user does (the defaults, the self-check) and measure them on reserved prompts",
+        description="For each style, a test look rendered here (scanlines, vignette: no bundled style has them, the "
+        "base was not trained on them) or a bundled style's training set (its trigger, none of its tuned settings): "
+        "train with shira train's defaults, the self-check included, into OUT/NAME/, then measure strength and content "
+        "with exact measures on reserved prompts, at the self-check's setting and at guidance 5, weight 1, and how "
+        "often the stored style detector agrees with the exact measure. Writes OUT/new-style.json after each style.",
+    )
+    ev_new.add_argument("--base", default="toy-sd")
+    ev_new.add_argument("--style", action="append", dest="styles", required=True,
+                        help="scanlines, vignette, or a bundled style's name (repeatable)")
+    ev_new.add_argument("--out", required=True, help="a folder for the training sets, adapters and the result")
+    ev_new.add_argument("--images", type=_positive_int, default=30, help="training images per style (default 30)")
+    ev_new.add_argument("--prompts", type=_positive_int, default=40, help="reserved prompts (default 40)")
+    ev_new.add_argument("--json", action="store_true")
     ev_fusion = ev_kinds.add_parser(
         "fusion",
         help="how much of each bundled style survives a mix of two, by mixing method",
@@ -443,7 +459,7 @@ def _cmd_generate(args) -> None:
     if weight != 1.0:
         styles = [(styles[0][0], weight)]
     resolve_styles(styles, base_name, read=True)  # every adapter file read and validated now
-    source = "its self-check" if styles[0][0].endswith(".safetensors") else "style.json"
+    source = "its self-check" if styles and styles[0][0].endswith(".safetensors") else "style.json"
     scheduler = base_scheduler(args.base)
     if scheduler is not None:  # else generate checks the steps once the base is loaded, before any image
         check_steps(scheduler, args.steps)
@@ -538,6 +554,16 @@ def _cmd_bench(args) -> None:
 def _cmd_eval(args) -> None:
     if args.eval == "transfer":
         return _cmd_eval_transfer(args)
+    if args.eval == "new-style":
+        from .quality.evaluate import check_style_names, eval_new_styles, format_new_style_table
+
+        check_style_names(args.styles)
+        result = eval_new_styles(args.base, args.styles, args.out, images=args.images, prompts=args.prompts,
+                                 log=lambda t: print(t, file=sys.stderr, flush=True))
+        print(format_new_style_table(result))
+        if args.json:
+            print(json.dumps(result, default=float))
+        return
     if args.eval == "fusion":
         from .fusion.evaluate import METHODS, eval_fusion, format_fusion_table
 

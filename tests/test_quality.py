@@ -236,3 +236,39 @@ def test_a_failing_self_check_keeps_the_adapter_and_says_so(tmp_path, toy_pipeli
     assert record["self_check"] == {"failed": "RuntimeError: out of memory"}
     assert "adapter is written" in summary_line(record["self_check"])
     assert (tmp_path / "out" / "ink.safetensors").is_file()
+
+
+def test_the_trigger_is_taken_out_of_the_captions_the_base_draws_for():
+    from shira_diffusion.quality.prompts import without_trigger
+
+    assert without_trigger("a red circle on a blue background, in zxq style", "in zxq style") == \
+        "a red circle on a blue background"
+    assert without_trigger("sks, a cat", "sks") == "a cat" and without_trigger("a sks cat", "sks") == "a cat"
+    assert without_trigger("a cat", None) == "a cat"
+
+
+def test_the_test_looks_are_exact_new_and_invertible():
+    """What ``shira eval new-style`` trains on: each look shows on every render and on no plain or
+    bundled-look render, and its inverse gives the content reader the scene back."""
+    from shira_diffusion.metrics import content_scores
+    from shira_diffusion.quality.test_looks import TEST_LOOKS
+    from shira_diffusion.toy.looks import apply_looks
+    from shira_diffusion.toy.world import parse_prompt
+
+    scenes = _scenes(40, 5)
+    plain = [render(s) for s in scenes]
+    expected = [parse_prompt(s.prompt()) for s in scenes]
+    for name, (look, shown, removed) in TEST_LOOKS.items():
+        styled = [look(im) for im in plain]
+        assert all(shown(im) for im in styled) and not any(shown(im) for im in plain), name
+        assert np.mean([shown(apply_looks(im, ["hatching"])) for im in plain]) <= 0.1, name
+        assert content_scores([removed(im) for im in styled], expected)["all"] >= 0.95, name
+
+
+def test_eval_new_style_refuses_an_unknown_style_before_any_work(tmp_path):
+    from shira_diffusion.errors import ShiraError
+    from shira_diffusion.quality.evaluate import check_style_names
+
+    check_style_names(["scanlines", "hatching"])
+    with pytest.raises(ShiraError, match="neither a test look"):
+        check_style_names(["scanlines", "nope"])

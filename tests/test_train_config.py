@@ -132,7 +132,8 @@ def test_flags_come_from_the_config_fields():
            "gradient_checkpointing checkpointing_steps resume_from_checkpoint validation_prompt validation_steps "
            "num_validation_images caption_dropout snr_gamma noise_offset guided_loss_scale ema_decay min_timestep "
            "max_timestep cache_latents random_flip seed name description save_dtype kohya single_file_config")
-    new = {"--overwrite", "--mask_slot", "--discriminator", "--discriminator_samples", "--discriminator_sample_steps"}
+    new = {"--overwrite", "--mask_slot", "--discriminator", "--discriminator_samples", "--discriminator_sample_steps",
+           "--no_check", "--no-check"}
     assert {f"--{n}" for n in old.split()} | new | {"-h", "--help"} == options
     # One source of defaults: the parsed defaults are the dataclass's.
     parsed = config_from_args(parser.parse_args(["--train_data_dir", "d", "--output", "o.safetensors"]))

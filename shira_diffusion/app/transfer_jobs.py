@@ -53,6 +53,7 @@ class TransferJob:
     started: float = field(default_factory=time.time)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    stages: list = field(default_factory=list)  # every stage it went through, in order (the page polls)
 
     @property
     def finished(self) -> bool:
@@ -61,6 +62,8 @@ class TransferJob:
     def on_progress(self, done: int, total: int, stage: str) -> None:
         if self.stop.is_set():
             raise TransferStopped()
+        if not self.stages or self.stages[-1] != stage:
+            self.stages.append(stage)
         self.done, self.total, self.stage, self.status = done, total, stage, "running"
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from .detector import MAX_IMAGES, fit_style_detector
-from .prompts import validation_prompts
+from .prompts import validation_prompts, without_trigger
 from .self_check import PROMPTS, START, STEPS, self_check
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def check_new_style(pipe, adapter_path: str, kind: str, images: Sequence, captio
         with applied_adapter(pipe, bank, adapter_path, kind, weight):
             return generate_batched(pipe, prompts, STEPS, guidance, desc=f"self-check: g{guidance:g} w{weight:g}")
 
+    captions = [without_trigger(c, trigger) for c in captions]  # the base's prompts, and new ones made from them
     plain_prompts = validation_prompts(captions, PROMPTS, seed)
     if not plain_prompts:
         return {"skipped": "the captions allow no new combination of their words to check on"}

@@ -46,3 +46,13 @@ def validation_prompts(captions: Sequence[str], count: int, seed: int = 0) -> li
             seen.add(prompt)
             prompts.append(prompt)
     return prompts
+
+
+def without_trigger(caption: str, trigger: str | None) -> str:
+    """``caption`` less its trigger phrase (and the comma that joined it): the plain prompt the base's
+    own image is drawn for. ``"a red circle on a blue background, in zxq style"`` -> ``"a red circle on a
+    blue background"``."""
+    if not trigger or trigger not in caption:
+        return caption.strip()
+    parts = [p.strip() for p in caption.replace(trigger, "\0").split(",")]
+    return ", ".join(p for p in (" ".join(p.replace("\0", " ").split()) for p in parts) if p)

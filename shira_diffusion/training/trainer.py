@@ -194,12 +194,11 @@ class StyleTrainer:
         """After teardown (the base's own weights back): the detector, the search, the chosen setting
         stored in the adapter; the record file and a stored discriminator follow the rewritten file.
         A check that fails leaves the adapter as it was written and says so."""
-        from ..quality.after_training import check_new_style
-        from ..quality.self_check import summary_line
-
         config = self.config
         self.pipe.unet.eval()
         try:
+            from ..quality.after_training import check_new_style
+
             result = check_new_style(self.pipe, config.output, config.adapter, self.data.images, self.data.captions,
                                      self.trigger, detector_path=self.paths["detector"],
                                      train_seconds=record["seconds"], train_steps=record["steps"], seed=config.seed)
@@ -207,7 +206,7 @@ class StyleTrainer:
             logger.warning("self-check failed (%s: %s); the adapter is written, without a recommended setting",
                            type(exc).__name__, exc)
             return {"failed": f"{type(exc).__name__}: {exc}"}
-        logger.debug(summary_line(result))  # the commands print it
+        logger.debug("self-check: %s", result)  # the commands print its summary line
         if config.discriminator and "chosen" in result:  # the file changed: keep its discriminator tied to it
             from ..transfer.discriminator import file_sha256, load_discriminator, save_discriminator
 
