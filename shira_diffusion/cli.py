@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev_new = ev_kinds.add_parser(
         "new-style",
         help="train styles as a user does (the defaults, the self-check) and measure them on reserved prompts",
-        description="For each style, a test look rendered here (scanlines, vignette: no bundled style has them, the "
+        description="For each style, an unseen look rendered here (scanlines, vignette: no bundled style has them, the "
         "base was not trained on them) or a bundled style's training set (its trigger, none of its tuned settings): "
         "train with shira train's defaults, the self-check included, into OUT/NAME/, then measure strength and content "
         "with exact measures on reserved prompts, at the self-check's setting and at guidance 5, weight 1, and how "

@@ -251,14 +251,14 @@ def test_the_test_looks_are_exact_new_and_invertible():
     """What ``shira eval new-style`` trains on: each look shows on every render and on no plain or
     bundled-look render, and its inverse gives the content reader the scene back."""
     from shira_diffusion.metrics import content_scores
-    from shira_diffusion.quality.test_looks import TEST_LOOKS
+    from shira_diffusion.quality.unseen_looks import UNSEEN_LOOKS
     from shira_diffusion.toy.looks import apply_looks
     from shira_diffusion.toy.world import parse_prompt
 
     scenes = _scenes(40, 5)
     plain = [render(s) for s in scenes]
     expected = [parse_prompt(s.prompt()) for s in scenes]
-    for name, (look, shown, removed) in TEST_LOOKS.items():
+    for name, (look, shown, removed) in UNSEEN_LOOKS.items():
         styled = [look(im) for im in plain]
         assert all(shown(im) for im in styled) and not any(shown(im) for im in plain), name
         assert np.mean([shown(apply_looks(im, ["hatching"])) for im in plain]) <= 0.1, name
@@ -270,5 +270,5 @@ def test_eval_new_style_refuses_an_unknown_style_before_any_work(tmp_path):
     from shira_diffusion.quality.evaluate import check_style_names
 
     check_style_names(["scanlines", "hatching"])
-    with pytest.raises(ShiraError, match="neither a test look"):
+    with pytest.raises(ShiraError, match="neither an unseen look"):
         check_style_names(["scanlines", "nope"])

@@ -51,7 +51,8 @@ class TrainJob:
     def on_step(self, step: int, total: int, loss: float) -> None:
         self.step, self.total = step, total
         self.losses.append(float(loss))
-        self.status = "running"
+        # after the last step: the adapter is written, then the self-check draws (up to a quarter as long)
+        self.status = "running" if step < total else "saving and checking the style"
 
 
 class TrainingJobs:
@@ -134,6 +135,10 @@ class TrainingJobs:
             make_thumbnail(self.service, job.name, job.base)
             job.status = "done"
             job.message = f"saved {job.name} ({record.get('steps')} steps, {record.get('seconds', 0):.0f} s)"
+            if "self_check" in record:  # strength and content on new prompts, and the setting it chose
+                from ..quality.self_check import summary_line
+
+                job.message += f". {summary_line(record['self_check'])}"
             shutil.rmtree(job.folder, ignore_errors=True)  # the catalogue holds copies of the adapter and images
         except Exception as exc:  # a failed run is a message in the page; the app keeps serving
             logger.exception("training %s failed", job.name)

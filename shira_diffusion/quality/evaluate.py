@@ -3,7 +3,7 @@ no hand tuning? Each style is trained the way a user trains one (``shira train``
 the self-check included), then measured on reserved prompts (never used in training or calibration)
 with exact measures: at the self-check's setting, and at guidance 5 and weight 1 for comparison.
 
-Styles: a test look (``test_looks``: rendered here, no bundled style has it, the base was not trained
+Styles: an unseen look (``unseen_looks``: rendered here, no bundled style has it, the base was not trained
 on it) or a bundled style's name (its training set, the bundled trigger, none of its tuned settings).
 The style detector the run stored is checked against the exact measure on the same images.
 """
@@ -23,9 +23,8 @@ from ..errors import ShiraError
 from .content import content_kept
 from .detector import StyleDetector
 from .self_check import CONTENT_TOLERANCE, STRENGTH_TARGET
-from .test_looks import TEST_LOOKS
+from .unseen_looks import UNSEEN_LOOKS
 
-TEST_TRIGGER = "in qzv style"  # what the test captions end with: inferred as the trigger, as for a user
 
 
 def _training_set(name: str, folder: Path, images: int, seed: int) -> str | None:
@@ -35,8 +34,8 @@ def _training_set(name: str, folder: Path, images: int, seed: int) -> str | None
     from ..toy.world import write_dataset
 
     folder.mkdir(parents=True, exist_ok=True)
-    if name in TEST_LOOKS:
-        write_dataset(folder, images, seed=seed, style="qzv", look=TEST_LOOKS[name][0], exclude=reserved_prompts())
+    if name in UNSEEN_LOOKS:
+        write_dataset(folder, images, seed=seed, style="qzv", look=UNSEEN_LOOKS[name][0], exclude=reserved_prompts())
         return None
     from ..catalog import default_catalog
 
@@ -49,21 +48,21 @@ def _training_set(name: str, folder: Path, images: int, seed: int) -> str | None
 
 
 def check_style_names(styles: Sequence[str]) -> None:
-    """Refuse a name that is neither a test look nor a bundled style, before any work."""
+    """Refuse a name that is neither an unseen look nor a bundled style, before any work."""
     from ..bundled.specs import STYLES
 
     if not styles:
         raise ShiraError("no styles to evaluate")
     for name in styles:
-        if name not in TEST_LOOKS and name not in STYLES:
-            raise ShiraError(f"{name!r} is neither a test look ({', '.join(TEST_LOOKS)}) nor a bundled style "
+        if name not in UNSEEN_LOOKS and name not in STYLES:
+            raise ShiraError(f"{name!r} is neither an unseen look ({', '.join(UNSEEN_LOOKS)}) nor a bundled style "
                              f"({', '.join(STYLES)})")
 
 
 def _measures(name: str):
     """(shown(image) -> bool, content reading: (styled, plain, prompts) -> dict) for ``name``."""
-    if name in TEST_LOOKS:
-        _, shown, removed = TEST_LOOKS[name]
+    if name in UNSEEN_LOOKS:
+        _, shown, removed = UNSEEN_LOOKS[name]
 
         def content(styled, plain, prompts):
             from ..metrics import content_scores

@@ -63,7 +63,7 @@ def vignette_removed(image: np.ndarray) -> np.ndarray:
     return _uint8(np.asarray(image, dtype=np.float64) / np.maximum(VIGNETTE, 1 / 3)[..., None])
 
 
-TEST_LOOKS = {
+UNSEEN_LOOKS = {
     "scanlines": (scanlines, scanlines_shown, scanlines_removed),
     "vignette": (vignette, vignette_shown, vignette_removed),
 }
