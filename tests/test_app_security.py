@@ -281,6 +281,33 @@ def test_only_thumbnails_and_outputs_are_served(served, visitor):
 
 
 # ---------------------------------------------------------------------------- item 16: uploads removed
+def test_a_crafted_adapter_upload_is_refused_quickly_without_growing_the_app(served, visitor, tmp_path):
+    """Item 1 through the page: 330 bytes whose header describes a mask of 1e8 entries, at /inspect
+    and /add_style: one message within a second or two, nothing built or kept, nothing added."""
+    import json as json_module
+
+    import torch
+    from safetensors.torch import save_file
+
+    from shira_diffusion.core.adapter import FORMAT_NAME, SPEC_FORMAT_VERSION
+    from shira_diffusion.core.masks import DESCRIBED_MASK_CACHE
+
+    crafted = tmp_path / "crafted.safetensors"
+    save_file({"w.shira_values": torch.zeros(1, dtype=torch.float16)}, str(crafted), metadata={
+        "format": FORMAT_NAME, "format_version": str(SPEC_FORMAT_VERSION), "base_arch": "sd",
+        "shapes": json_module.dumps({"w": [10000, 10000]}),
+        "mask_spec": json_module.dumps({"strategy": "struct", "slot": None, "sizes": {"w": 100_000_000}})})
+    before, cached = styles_state(served), DESCRIBED_MASK_CACHE.nbytes
+    started = time.perf_counter()
+    shown = visitor.predict(handle_file(str(crafted)), "toy-sd", api_name="/inspect")[0]
+    assert "cannot be used" in shown and "mask_spec" in shown
+    message = refusal(lambda: visitor.predict(handle_file(str(crafted)), "crafted", "", "", "toy-sd", [],
+                                              api_name="/add_style"))
+    assert "mask_spec" in message
+    assert time.perf_counter() - started < 10  # both round trips; loading it takes milliseconds
+    assert DESCRIBED_MASK_CACHE.nbytes == cached and styles_state(served) == before
+
+
 def test_uploads_refused_or_not_are_removed(served, visitor, tmp_path):
     from gradio.route_utils import delete_files_created_by_app
 

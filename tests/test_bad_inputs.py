@@ -60,6 +60,7 @@ def work(tmp_path_factory):
     _with_meta(frame, w / "recipe-string.safetensors", recipe='"fast"')
     _with_meta(frame, w / "recipe-number.safetensors", recipe="3")
     (w / "bomb.png").write_bytes(_png_bomb())
+    _mask_bomb(w / "mask-bomb.safetensors")
     (w / "out.png").write_bytes(b"an image the user made earlier")
     (w / "batch").mkdir()
     (w / "batch" / "000.png").write_bytes(b"an earlier batch")
@@ -73,6 +74,22 @@ def work(tmp_path_factory):
     assert main(["export-peft", str(frame), str(w / "peft")]) == 0
     _user_styles(w / "home" / "styles", frame)
     return w
+
+
+def _mask_bomb(path: Path) -> None:
+    """A format-2 header describing a mask of 1e8 entries, one value stored: refused before any mask is built."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from shira_diffusion.core.adapter import FORMAT_NAME, SPEC_FORMAT_VERSION
+
+    save_file({"w.shira_values": torch.zeros(1, dtype=torch.float16)}, str(path), metadata={
+        "format": FORMAT_NAME, "format_version": str(SPEC_FORMAT_VERSION), "base_arch": "sd",
+        "shapes": json.dumps({"w": [10000, 10000]}),
+        "mask_spec": json.dumps({"strategy": "struct", "slot": None, "sizes": {"w": 100_000_000}})})
+    assert path.stat().st_size < 400
 
 
 def _user_styles(root: Path, adapter: Path) -> None:
@@ -146,6 +163,8 @@ CASES = {
     "info shapes a list": (["info", "{w}/shapes-list.safetensors"], 1, "shapes-list.safetensors: header field 'shapes'"),
     "info recipe a string": (["info", "{w}/recipe-string.safetensors"], 1, "recipe-string.safetensors: header field 'recipe'"),
     "info recipe a number": (["info", "{w}/recipe-number.safetensors"], 1, "recipe-number.safetensors: header field 'recipe'"),
+    "info a mask of 1e8 entries in 330 bytes": (["info", "{w}/mask-bomb.safetensors"], 1,
+                                                "mask-bomb.safetensors: header field 'mask_spec'"),
     "info a folder": (["info", "{w}/a"], 1, "a: a folder"),
     "info missing": (["info", "{w}/missing.safetensors"], 1, "missing.safetensors"),
     "export onto a checkpoint": (["export-peft", A, "{w}/peft"], 1, "already exists"),
