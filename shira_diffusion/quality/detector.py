@@ -63,24 +63,10 @@ class StyleDetector:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StyleDetector":
-        from ..transfer.discriminator import Discriminator
+        from ..transfer.discriminator import read_stored_classifier
 
-        try:
-            with open(path, encoding="utf-8") as handle:
-                values = json.load(handle)
-        except (OSError, ValueError) as exc:
-            raise ShiraError(f"cannot read the style detector {path}: {exc}") from None
-        if not isinstance(values, dict) or values.get("format") != STORED_FORMAT:
-            raise ShiraError(f"{path} is not a style detector (no \"format\": \"{STORED_FORMAT}\")")
-        if values.get("features_version") != FEATURES_VERSION:
-            raise ShiraError(f"{path} was made with image features version {values.get('features_version')!r}; "
-                             f"this version reads version {FEATURES_VERSION}: train the style again")
-        try:
-            classifier = Discriminator.from_dict(values)
-        except ShiraError as exc:
-            raise ShiraError(f"{path}: {exc}") from None
-        return cls(classifier, {k: v for k, v in values.items()
-                                if k not in ("mean", "scale", "weight", "bias", "threshold")})
+        return cls(*read_stored_classifier(path, STORED_FORMAT, FEATURES_VERSION, "style detector",
+                                           "train the style again"))
 
 
 def paired_features(own: np.ndarray, plain: np.ndarray) -> np.ndarray:

@@ -205,21 +205,28 @@ def save_discriminator(path: str, disc: Discriminator, about: dict) -> None:
 
 def load_discriminator(path: str) -> tuple[Discriminator, dict]:
     """A stored discriminator and its file's other entries; one from another feature definition fails."""
+    return read_stored_classifier(path, STORED_FORMAT, FEATURES_VERSION, "discriminator",
+                                  "train again with --discriminator")
+
+
+def read_stored_classifier(path, stored_format: str, version: int, what: str, again: str) -> tuple[Discriminator, dict]:
+    """A classifier stored as JSON by ``save_discriminator`` or ``StyleDetector.save``: its format and
+    feature version checked (``again``: what to do about another version), and the file's other entries."""
     try:
         with open(path, encoding="utf-8") as handle:
             values = json.load(handle)
     except (OSError, ValueError) as exc:
-        raise ShiraError(f"cannot read the discriminator {path}: {exc}") from None
-    if not isinstance(values, dict) or values.get("format") != STORED_FORMAT:
-        raise ShiraError(f"{path} is not a stored discriminator (no \"format\": \"{STORED_FORMAT}\")")
-    if values.get("features_version") != FEATURES_VERSION:
+        raise ShiraError(f"cannot read the {what} {path}: {exc}") from None
+    if not isinstance(values, dict) or values.get("format") != stored_format:
+        raise ShiraError(f"{path} is not a stored {what} (no \"format\": \"{stored_format}\")")
+    if values.get("features_version") != version:
         raise ShiraError(f"{path} was fit on image features version {values.get('features_version')!r}; this "
-                         f"version computes version {FEATURES_VERSION}: train again with --discriminator")
+                         f"version computes version {version}: {again}")
     try:
-        disc = Discriminator.from_dict(values)
+        classifier = Discriminator.from_dict(values)
     except ShiraError as exc:
         raise ShiraError(f"{path}: {exc}") from None
-    return disc, {k: v for k, v in values.items() if k not in ("mean", "scale", "weight", "bias", "threshold")}
+    return classifier, {k: v for k, v in values.items() if k not in ("mean", "scale", "weight", "bias", "threshold")}
 
 
 def stored_discriminator(adapter: str) -> tuple[Discriminator, str] | None:

@@ -21,6 +21,7 @@ import shutil
 from ..errors import ShiraError
 from ..training import checkpoints
 from ..training.outputs import output_paths
+from .discriminator import file_sha256
 
 FORMAT = 1
 # Settings that do not shape the student: where and how it is written and shown. The adapter and
@@ -33,14 +34,6 @@ def work_paths(out: str) -> dict[str, str]:
     return {"folder": folder, "samples": os.path.join(folder, "samples"),
             "samples_json": os.path.join(folder, "samples.json"), "student": os.path.join(folder, "student.json"),
             "checkpoints": output_paths(out)["checkpoints"]}
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(config, adapter_path: str, seeds_fingerprint: str, discriminator: dict | None) -> dict:
