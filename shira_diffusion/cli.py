@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev_new = ev_kinds.add_parser(
         "new-style",
         help="train styles as a user does (the defaults, the self-check) and measure them on reserved prompts",
-        description="For each style, an unseen look rendered here (scanlines, vignette: no bundled style has them, the "
+        description="For each style, an unseen look rendered here (corner, vignette: no bundled style has them, the "
         "base was not trained on them) or a bundled style's training set (its trigger, none of its tuned settings): "
         "train with shira train's defaults, the self-check included, into OUT/NAME/, then measure strength and content "
         "with exact measures on reserved prompts, at the self-check's setting and at guidance 5, weight 1, and how "
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev_new.add_argument("--base", default="toy-sd")
     ev_new.add_argument("--style", action="append", dest="styles", required=True,
-                        help="scanlines, vignette, or a bundled style's name (repeatable)")
+                        help="corner, vignette, or a bundled style's name (repeatable)")
     ev_new.add_argument("--out", required=True, help="a folder for the training sets, adapters and the result")
     ev_new.add_argument("--images", type=_positive_int, default=30, help="training images per style (default 30)")
     ev_new.add_argument("--prompts", type=_positive_int, default=40, help="reserved prompts (default 40)")
