@@ -186,6 +186,7 @@ def _train(tmp_path, toy_pipeline_folders, **overrides):
     write_dataset(data, 4, seed=11, style="zxq", look=LOOKS["hatching"])
     pipe = load_pipeline(toy_pipeline_folders["sd"])
     pipe.set_progress_bar_config(disable=True)
+    pipe.unet.train()  # a caller's state, whatever it is, comes back as it was
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     config = TrainConfig(train_data_dir=str(data), output=str(tmp_path / "out" / "ink.safetensors"),
                          train_batch_size=1, max_train_steps=3, progress=False, resolution=32, trigger="zxq",
@@ -193,6 +194,7 @@ def _train(tmp_path, toy_pipeline_folders, **overrides):
     record = train(config, pipeline=pipe)
     after = pipe.unet.state_dict()  # the check put the adapter on and took it off again: the base as it was
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert pipe.unet.training
     return record, pipe
 
 

@@ -195,6 +195,7 @@ class StyleTrainer:
         stored in the adapter; the record file and a stored discriminator follow the rewritten file.
         A check that fails leaves the adapter as it was written and says so."""
         config = self.config
+        was_training = self.pipe.unet.training  # a caller's pipeline is left as teardown put it back
         self.pipe.unet.eval()
         try:
             from ..quality.after_training import check_new_style
@@ -206,6 +207,8 @@ class StyleTrainer:
             logger.warning("self-check failed (%s: %s); the adapter is written, without a recommended setting",
                            type(exc).__name__, exc)
             return {"failed": f"{type(exc).__name__}: {exc}"}
+        finally:
+            self.pipe.unet.train(was_training)
         logger.debug("self-check: %s", result)  # the commands print its summary line
         if config.discriminator and "chosen" in result:  # the file changed: keep its discriminator tied to it
             from ..transfer.discriminator import file_sha256, load_discriminator, save_discriminator
