@@ -198,22 +198,36 @@ def _train(tmp_path, toy_pipeline_folders, **overrides):
     return record, pipe
 
 
-def test_training_ends_with_the_self_check_and_stores_its_choice(tmp_path, toy_pipeline_folders, quick_check):
+@pytest.mark.parametrize("meets", [True, False])
+def test_training_ends_with_the_self_check_and_stores_a_choice_that_meets(tmp_path, toy_pipeline_folders,
+                                                                          quick_check, monkeypatch, meets):
+    """The real detector and draws; the search's verdict fixed, so both outcomes are seen: a setting
+    that meets both targets is stored and used, a miss stores nothing (generate keeps 5 and 1)."""
     from shira_diffusion import SparseAdapter
     from shira_diffusion.bundled.recommend import default_guidance, default_weight
+    from shira_diffusion.quality import after_training
 
+    def verdict(*args, **kwargs):
+        result = self_check(*args, **kwargs)
+        chosen = {**result["chosen"], "guidance": 7.5, "weight": 1.25}
+        return {**result, "chosen": chosen, "meets": meets}
+
+    monkeypatch.setattr(after_training, "self_check", verdict)
     record, pipe = _train(tmp_path, toy_pipeline_folders)
     check = record["self_check"]
-    assert "chosen" in check and check["prompts"] == 4 and check["measured"]
+    assert check["prompts"] == 4 and check["measured"] and check["meets"] is meets
     adapter = SparseAdapter.load(tmp_path / "out" / "ink.safetensors")
-    assert adapter.recommended["guidance"] == check["chosen"]["guidance"]
-    assert adapter.recommended["weight"] == check["chosen"]["weight"]
+    styles = [(str(tmp_path / "out" / "ink.safetensors"), 1.0)]
+    if meets:
+        assert (adapter.recommended["guidance"], adapter.recommended["weight"]) == (7.5, 1.25)
+        assert (default_guidance(styles, "x"), default_weight(styles, "x")) == (7.5, 1.25)
+        assert summary_line(check).endswith("(recommended, stored in the adapter)")
+    else:
+        assert adapter.recommended is None
+        assert (default_guidance(styles, "x"), default_weight(styles, "x")) == (5.0, 1.0)
+        assert "nothing stored" in summary_line(check)
     assert json.loads((tmp_path / "out" / "ink.json").read_text())["self_check"]["chosen"] == check["chosen"]
     assert StyleDetector.load(tmp_path / "out" / "ink.detector.json").about["adapter"] == "ink.safetensors"
-    styles = [(str(tmp_path / "out" / "ink.safetensors"), 1.0)]
-    assert default_guidance(styles, "x") == check["chosen"]["guidance"]
-    assert default_weight(styles, "x") == check["chosen"]["weight"]
-    assert summary_line(check).startswith("self-check: style shows in")
 
 
 def test_no_check_skips_it_and_a_short_run_says_why(tmp_path, toy_pipeline_folders):

@@ -1,7 +1,8 @@
 """``shira eval new-style``: is a freshly trained style at full strength with its content kept, with
 no hand tuning? Each style is trained the way a user trains one (``shira train`` with the defaults,
 the self-check included), then measured on reserved prompts (never used in training or calibration)
-with exact measures: at the self-check's setting, and at guidance 5 and weight 1 for comparison.
+with exact measures: at the setting ``shira generate`` will use (the self-check's, where it stored
+one; else guidance 5 and weight 1), and at guidance 5 and weight 1 for comparison.
 
 Styles: an unseen look (``unseen_looks``: rendered here, no bundled style has it, the base was not trained
 on it) or a bundled style's name (its training set, the bundled trigger, none of its tuned settings).
@@ -85,6 +86,7 @@ def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int =
     """Train each style with the defaults into ``out/NAME/`` and measure it; the result is also written
     to ``out/new-style.json`` after each style."""
     from ..bases import load_pipeline
+    from ..catalog import recommended_setting
     from ..core.bank import StyleBank
     from ..generate import applied_adapter, generate_batched, with_triggers
     from ..toy.prompts import held_out_prompts
@@ -112,11 +114,12 @@ def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int =
         detector = StyleDetector.load(check["detector"]) if check.get("detector") else None
         row = {"train_seconds": record["seconds"], "check_seconds": check.get("seconds"),
                "total_minutes": round(seconds / 60, 2), "self_check": check, "settings": {}}
-        chosen = check.get("chosen", {"guidance": 5.0, "weight": 1.0})
+        stored = recommended_setting(output)  # what generate and the app will use: 5 and 1 unless stored
+        chosen = {"guidance": stored.get("guidance", 5.0), "weight": stored.get("weight", 1.0)}
         agreement = []
-        for label, g, w in (("calibrated", chosen["guidance"], chosen["weight"]), ("guidance 5, weight 1", 5.0, 1.0)):
-            if label != "calibrated" and (g, w) == (chosen["guidance"], chosen["weight"]):
-                row["settings"][label] = row["settings"]["calibrated"]
+        for label, g, w in (("as used", chosen["guidance"], chosen["weight"]), ("guidance 5, weight 1", 5.0, 1.0)):
+            if label != "as used" and (g, w) == (chosen["guidance"], chosen["weight"]):
+                row["settings"][label] = row["settings"]["as used"]
                 continue
             if g not in plain_by_guidance:
                 plain_by_guidance[g] = generate_batched(pipe, evaluation, 20, g, desc=f"plain g{g:g}")
@@ -143,7 +146,7 @@ def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int =
             agreement.append(said == np.array([shown(im) for im in plain]))
             row["detector_agreement"] = float(np.concatenate(agreement).mean())
         result["styles"][name] = row
-        calibrated = row["settings"]["calibrated"]
+        calibrated = row["settings"]["as used"]
         log(f"{name}: strength {calibrated['strength']:.0%}, content {calibrated['content']:.0%} (base "
             f"{calibrated['base_content']:.0%}) at g{calibrated['guidance']:g} w{calibrated['weight']:g}; "
             f"{row['total_minutes']} min; detector agrees on {row.get('detector_agreement', float('nan')):.0%}")

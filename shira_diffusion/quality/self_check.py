@@ -144,4 +144,5 @@ def summary_line(result: dict) -> str:
     if result["meets"]:
         return line + " (recommended, stored in the adapter)"
     return line + f" - below target (strength >= {STRENGTH_TARGET:.0%}, content within " \
-                  f"{CONTENT_TOLERANCE:.0%}): {result['advice']}"
+                  f"{CONTENT_TOLERANCE:.0%}; nothing stored, generate keeps guidance {START[0]:g} and weight " \
+                  f"{START[1]:g}): {result['advice']}"
