@@ -109,9 +109,11 @@ def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int =
                                    trigger=trigger, overwrite=True), pipeline=pipe)
         seconds = time.time() - started
         check = record.get("self_check", {})
+        if check.get("detector"):  # the result names files by name: it may be kept anywhere
+            check = {**check, "detector": os.path.basename(check["detector"])}
         trigger = record["trigger"]
         shown, content = _measures(name)
-        detector = StyleDetector.load(check["detector"]) if check.get("detector") else None
+        detector = StyleDetector.load(folder / check["detector"]) if check.get("detector") else None
         row = {"train_seconds": record["seconds"], "check_seconds": check.get("seconds"),
                "total_minutes": round(seconds / 60, 2), "self_check": check, "settings": {}}
         stored = recommended_setting(output)  # what generate and the app will use: 5 and 1 unless stored
@@ -166,11 +168,11 @@ def format_new_style_table(result: dict) -> str:
     lines = [f"{result['base']}: trained with the defaults on {result['images']} images, measured on "
              f"{result['prompts']} reserved prompts (target: strength >= {STRENGTH_TARGET:.0%}, content within "
              f"{CONTENT_TOLERANCE:.0%} of the base's)",
-             f"{'style':10} {'setting':22} {'g':>4} {'w':>5} {'strength':>8} {'content':>7} {'base':>5} {'drop':>5} "
+             f"{'style':10} {'setting':28} {'g':>4} {'w':>5} {'strength':>8} {'content':>7} {'base':>5} {'drop':>5} "
              f"{'proxy':>5} {'met':>4} {'detector':>8} {'minutes':>7}"]
     for name, row in result["styles"].items():
         for label, m in row["settings"].items():
-            lines.append(f"{name:10} {label:22} {m['guidance']:4g} {m['weight']:5.3g} {m['strength']:8.0%} "
+            lines.append(f"{name:10} {label:28} {m['guidance']:4g} {m['weight']:5.3g} {m['strength']:8.0%} "
                          f"{m['content']:7.0%} {m['base_content']:5.0%} {m['content_drop']:+5.0%} "
                          f"{m['content_proxy']:5.0%} {'yes' if m['meets'] else 'no':>4} "
                          f"{m.get('detector_strength', float('nan')):8.0%} {row['total_minutes']:7.2f}")

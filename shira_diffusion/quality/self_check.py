@@ -92,10 +92,12 @@ def self_check(draw: Draw, detector, prompts: Sequence[str], trigger: str | None
                     weight, 100 * result.strength, 100 * result.content, 100 * result.base_content)
         return result
 
-    setting = START
+    setting, longest = START, 0.0
     while setting not in measured:
+        before = time.time()
         current = measure(*setting)
-        if current.meets or time.time() - started > budget_seconds:
+        longest = max(longest, time.time() - before)  # a new guidance also draws the base's images
+        if current.meets or time.time() - started + longest > budget_seconds:  # the next would not fit
             break
         setting = _next_setting(current, measured)
     chosen = max(measured.values(), key=lambda m: m.margin)
