@@ -295,3 +295,9 @@ def test_eval_new_style_refuses_an_unknown_style_before_any_work(tmp_path):
     check_style_names(["corner", "hatching"])
     with pytest.raises(ShiraError, match="neither an unseen look"):
         check_style_names(["corner", "nope"])
+
+
+def test_a_lora_run_says_its_check_is_skipped(tmp_path, toy_pipeline_folders, quick_check):
+    record, _ = _train(tmp_path, toy_pipeline_folders, adapter="lora", rank=2)
+    assert "LoRA" in record["self_check"]["skipped"]
+    assert not (tmp_path / "out" / "ink.detector.json").exists()

@@ -1,5 +1,6 @@
 """What ``shira train`` runs once the adapter is written: fit and store the style detector, run the
-self-check, and store the chosen guidance and weight in the adapter's header.
+self-check, and store the chosen guidance and weight in the adapter's header when they meet both
+targets.
 
 Runs on the base without the adapter (the trainer has taken it off); the adapter is put on through
 a ``StyleBank`` (SHiRA) or diffusers' LoRA loader, as users load it, at each weight the search tries.
