@@ -6,8 +6,9 @@ draws images at a few settings, each image beside the base's own for the same pr
 style detector reads strength, the content check reads what is kept. The search starts at guidance 5
 and weight 1 and moves the weight up while the style is weak and the content holds, down while the
 content leaks and the style holds, and tries the other guidances when both miss; it stops at the
-first setting that meets both targets, or when the time budget is spent. The setting with the most
-margin (or the least shortfall) is the one recommended.
+first setting that meets both targets, or before a setting that would not fit the time budget. The
+setting with the most margin (or the least shortfall) is reported; ``after_training`` stores it only
+when it meets both targets.
 """
 
 from __future__ import annotations
