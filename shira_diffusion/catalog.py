@@ -15,28 +15,25 @@ each other's entries.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import logging
-import math
 import os
 import re
 import secrets
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock
 
-from .core.adapter import write_atomically
-from .errors import ArchitectureMismatchError, ShiraError
+from .core.adapter import recommended_setting
+from .errors import ShiraError
+from .files import write_atomically
+from .style_record import (DEFAULT_VARIANT, RECORD_NAME, AdapterEntry, StyleRecord, StyleRecordError,
+                           _read_values, _write_json_atomic, base_label, read_record, variant_suffix)
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_ROOT = Path(__file__).resolve().parent.parent / "styles"
-RECORD_NAME = "style.json"
-DEFAULT_VARIANT = "shira"
 # In a mix of two or more, a style with an adapter on its own Struct slot uses it: styles on
 # different slots share no weight entry, and on toy-sd they keep more of themselves in a mix than
 # on the one mask every bundled default adapter shares (docs/fusion.md).
@@ -55,28 +52,6 @@ def shira_home() -> Path:
 
 def user_root() -> Path:
     return shira_home() / "styles"
-
-
-def variant_suffix(variant: str) -> str:
-    """File suffix of an adapter variant: ``shira`` (default mask), ``shira-<mask>`` or ``lora``."""
-    if variant == DEFAULT_VARIANT:
-        return ".safetensors"
-    if variant == "lora":
-        return ".lora.safetensors"
-    kind, _, mask = variant.partition("-")
-    if kind != "shira" or not mask:
-        raise ShiraError(f"unknown adapter variant {variant!r} (shira, shira-<mask> or lora)")
-    return f".{mask}.safetensors"
-
-
-def base_label(base: str | os.PathLike) -> str:
-    """How the catalogue names a base in file names and ``style.json`` keys: a bundled name as is,
-    a local folder or file by its name (``/models/toy-sd`` -> ``toy-sd``), a Hub id with ``--``
-    for ``/`` (as the Hub cache does)."""
-    text = str(base).rstrip("/\\")
-    if os.path.exists(text):
-        return os.path.basename(os.path.normpath(text))
-    return text.replace("/", "--")
 
 
 def check_style_name(name: str) -> str:
@@ -100,216 +75,6 @@ def bank_key(path: str | os.PathLike) -> str:
     resolved = os.path.realpath(path)
     stem = os.path.basename(resolved).split(".")[0]
     return f"{stem}@{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
-
-
-def check_adapter_for_base(adapter, base: str | os.PathLike) -> str:
-    """Refuse an adapter (a ``SparseAdapter``) for a base that does not exist here, or that it was
-    not made for, without loading the base: its family from the pipeline's ``model_index.json``
-    and, where its UNet weights are safetensors, every adapted tensor's shape from their header,
-    through ``SparseAdapter.check_compatible`` (what the app runs on a loaded UNet). The family."""
-    from .bases import BUNDLED, PIPELINE_FAMILIES, _cached_hub_folder, resolve
-
-    source = resolve(base)  # an unknown name: one line listing what a base can be
-    if source.kind == "single-file":
-        family = _single_file_family(source.location)
-        _check_against(adapter, _own_shapes(adapter), family, base)
-        return family
-    folder = _cached_hub_folder(source.location) if source.kind == "hub" else source.location
-    if folder is None or not os.path.isdir(folder):
-        where = "the local Hugging Face cache" if source.kind == "hub" else folder
-        raise ShiraError(f"base {str(base)!r} is not in {where}: a style can only be added for a base this "
-                         f"machine has (bundled: {', '.join(BUNDLED)})")
-    index = Path(folder) / "model_index.json"
-    try:
-        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ShiraError(f"{index}: not a readable pipeline index ({exc})") from None
-    if class_name not in PIPELINE_FAMILIES:
-        raise ShiraError(f"{folder} holds a {class_name or 'unknown'} pipeline; shira-diffusion needs SD or SDXL")
-    family = PIPELINE_FAMILIES[class_name]
-    _check_against(adapter, _unet_shapes(Path(folder) / "unet") or _own_shapes(adapter), family, base)
-    return family
-
-
-def _check_against(adapter, weights, family: str, base) -> None:
-    try:
-        adapter.check_compatible(weights, family)
-    except ArchitectureMismatchError as exc:
-        raise ArchitectureMismatchError(f"base {str(base)!r}: {exc}") from None
-
-
-class _Shaped:
-    """A tensor's shape without the tensor: what ``check_compatible`` reads of a weight."""
-
-    def __init__(self, shape):
-        self.shape = shape
-
-
-def _own_shapes(adapter) -> dict:
-    # Where the base's shapes cannot be read without loading it, the family alone is checked.
-    return {name: _Shaped(shape) for name, shape in adapter.shapes.items()}
-
-
-def _unet_shapes(unet: Path) -> dict | None:
-    """The UNet's tensor shapes from its safetensors header(s) (one file, or an index of shards);
-    None where the weights are in another format."""
-    from safetensors import safe_open
-
-    index = unet / "diffusion_pytorch_model.safetensors.index.json"
-    single = unet / "diffusion_pytorch_model.safetensors"
-    try:
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else \
-            [single.name] if single.is_file() else []
-        shapes = {}
-        for name in files:
-            with safe_open(str(unet / name), "pt") as handle:
-                shapes.update({k: _Shaped(tuple(handle.get_slice(k).get_shape())) for k in handle.keys()})
-    except Exception as exc:  # a header safetensors cannot read: the loader would fail on it too
-        raise ShiraError(f"{unet}: the UNet's weights cannot be read ({type(exc).__name__}: {exc})") from None
-    return shapes or None
-
-
-def _single_file_family(path: str) -> str:
-    from safetensors import safe_open
-
-    if not path.endswith(".safetensors"):
-        raise ShiraError(f"{path}: the family of a .ckpt base cannot be told without loading it; add the style "
-                         "for the base's diffusers folder, or a .safetensors checkpoint")
-    try:
-        with safe_open(path, "pt") as handle:
-            return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in handle.keys()) else "sd"
-    except Exception as exc:
-        raise ShiraError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-
-
-@dataclass
-class AdapterEntry:
-    """One adapter file's entry in ``style.json``. Fields not named here (validation measurements,
-    retrain trials) are kept as they are in ``measurements``."""
-
-    file: str
-    mask: str | None = None
-    params: int | None = None
-    seconds: float | None = None
-    steps: int | None = None
-    final_loss: float | None = None
-    recipe: dict = field(default_factory=dict)
-    guidance: float | None = None  # recommended classifier-free guidance, where measured
-    weight: float | None = None  # recommended weight, where measured
-    measurements: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, values: dict, where: str = "style.json") -> AdapterEntry:
-        if not isinstance(values, dict) or not isinstance(values.get("file"), str):
-            raise ShiraError(f"{where}: an adapter entry needs a 'file' name")
-        named = {f.name for f in dataclasses.fields(cls)} - {"measurements"}
-        entry = cls(**{k: v for k, v in values.items() if k in named},
-                    measurements={k: v for k, v in values.items() if k not in named})
-        for key in ("guidance", "weight", "seconds", "final_loss"):
-            value = getattr(entry, key)
-            if value is not None and not isinstance(value, (int, float)):
-                raise ShiraError(f"{where}: '{key}' of {entry.file} must be a number, got {value!r}")
-        return entry
-
-    def to_dict(self) -> dict:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "measurements"}
-        values = {k: v for k, v in values.items() if v is not None or k in ("mask",)}
-        return {**values, **self.measurements}
-
-
-@dataclass
-class StyleRecord:
-    """A style: its ``style.json`` and where it lives."""
-
-    name: str
-    folder: Path
-    source: str  # "bundled" or "user"
-    description: str = ""
-    trigger: str = ""
-    look: str | None = None  # a toy-world look, for the bundled styles (their strength is measurable)
-    images: str | None = None  # training images, relative to the folder
-    thumbnail: str | None = None
-    files: dict[str, AdapterEntry] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def record_path(self) -> Path:
-        return self.folder / RECORD_NAME
-
-    def adapter_path(self, base: str, variant: str = DEFAULT_VARIANT) -> Path:
-        """Where this style's adapter for ``base`` is (or would be): the entry's file, else the
-        naming convention."""
-        base = base_label(base)
-        entry = self.files.get(f"{base}/{variant}")
-        name = entry.file if entry else f"{self.name}.{base}{variant_suffix(variant)}"
-        return self.folder / name
-
-    def has_adapter(self, base: str, variant: str = DEFAULT_VARIANT) -> bool:
-        # style.json is the one source of truth: a file it does not name (left by an add that
-        # never finished) is no adapter, and is neither listed nor loaded.
-        return self.entry(base, variant) is not None and self.adapter_path(base, variant).is_file()
-
-    def entry(self, base: str, variant: str = DEFAULT_VARIANT) -> AdapterEntry | None:
-        return self.files.get(f"{base_label(base)}/{variant}")
-
-    def bases(self, variant: str = DEFAULT_VARIANT) -> list[str]:
-        """The bases this style has an adapter of ``variant`` for."""
-        return sorted(key.rpartition("/")[0] for key in self.files
-                      if key.rpartition("/")[2] == variant and self.adapter_path(key.rpartition("/")[0], variant).is_file())
-
-    def thumbnail_path(self) -> Path | None:
-        path = self.folder / self.thumbnail if self.thumbnail else None
-        return path if path is not None and path.is_file() else None
-
-    def training_captions(self) -> set[str]:
-        """The captions of its training images (without trigger words), where they are kept."""
-        folder = self.folder / (self.images or "images")
-        return {p.read_text(encoding="utf-8").strip() for p in folder.glob("*.txt")} if folder.is_dir() else set()
-
-    def to_dict(self) -> dict:
-        top = {"name": self.name, "description": self.description, "trigger": self.trigger, "look": self.look,
-               "images": self.images, "thumbnail": self.thumbnail}
-        return {**{k: v for k, v in top.items() if v is not None}, **self.extra,
-                "files": {k: e.to_dict() for k, e in self.files.items()}}
-
-
-class StyleRecordError(ShiraError):
-    """A style's ``style.json`` is unreadable or malformed."""
-
-
-def _read_values(path: Path) -> dict:
-    """The JSON object in a ``style.json``, or one clear line naming the file."""
-    try:
-        values = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StyleRecordError(f"{path}: no such style record") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StyleRecordError(f"{path}: not a readable style record ({exc})") from None
-    if not isinstance(values, dict):
-        raise StyleRecordError(f"{path}: a style record must be a JSON object")
-    return values
-
-
-def read_record(folder: Path, source: str) -> StyleRecord:
-    """A style folder's ``style.json`` as a ``StyleRecord`` (a clear error if it is malformed)."""
-    path = Path(folder) / RECORD_NAME
-    values = _read_values(path)
-    files = values.pop("files", {}) or {}
-    if not isinstance(files, dict):
-        raise StyleRecordError(f"{path}: 'files' must be an object")
-    top = {k: values.pop(k) for k in ("description", "trigger", "look", "images", "thumbnail") if k in values}
-    for key in ("description", "trigger"):
-        if not isinstance(top.get(key, ""), str):
-            raise StyleRecordError(f"{path}: '{key}' must be a string")
-    values.pop("name", None)  # the folder's name is the style's name
-    return StyleRecord(name=Path(folder).name, folder=Path(folder), source=source, **top,
-                       files={k: AdapterEntry.from_dict(v, str(path)) for k, v in files.items()}, extra=values)
-
-
-def _write_json_atomic(path: Path, values: dict) -> None:
-    # write_atomically, not mkstemp: a mkstemp file is private (0600), and style.json is shared.
-    write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(values, indent=1) + "\n",
-                                                                         encoding="utf-8"))
 
 
 class StyleCatalog:
@@ -585,22 +350,6 @@ def _fill_style(folder: Path, values: dict, key: str, target: str, adapter_file,
 
 def _copy_atomic(source, target: Path) -> None:
     write_atomically(target, lambda temporary: shutil.copyfile(source, temporary))
-
-
-def recommended_setting(adapter_file: str | os.PathLike) -> dict:
-    """``{"guidance", "weight"}`` the self-check after training stored in an adapter file's header
-    (``recommended``), or {} (none, or not a readable safetensors file: the adapter's own checks say why)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(os.fspath(adapter_file), framework="pt") as handle:
-            value = json.loads((handle.metadata() or {}).get("recommended") or "null")
-    except Exception:  # unreadable or not JSON: nothing recommended
-        return {}
-    if not isinstance(value, dict):
-        return {}
-    setting = {k: value[k] for k in ("guidance", "weight") if type(value.get(k)) in (int, float)}
-    return setting if len(setting) == 2 and all(math.isfinite(v) for v in setting.values()) else {}
 
 
 def default_catalog() -> StyleCatalog:

@@ -377,7 +377,7 @@ def _cmd_styles(args) -> None:
             print(f"{r.name:16} {r.source:8} {','.join(r.bases()) or '-':18} {r.trigger or '-':10} {r.description}")
         return
     if action == "add":
-        from .catalog import check_adapter_for_base
+        from .base_check import check_adapter_for_base
         from .core.adapter import SparseAdapter
 
         adapter = SparseAdapter.load(args.adapter)  # validated before anything is copied
@@ -657,7 +657,7 @@ def _cmd_export(args) -> None:
 
 
 def _cmd_import(args) -> None:
-    from .core.adapter import check_output_file
+    from .files import check_output_file
     from .core.architecture import FULL_SIZE_CONFIGS
     from .core.peft_shira import import_peft_shira
 

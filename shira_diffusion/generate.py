@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .catalog import StyleCatalog, bank_key, default_catalog
-from .core.adapter import SparseAdapter, check_output_file, check_writable_folder, write_atomically
+from .core.adapter import SparseAdapter
+from .files import check_output_file, check_writable_folder, write_atomically
 from .core.bank import StyleBank
 from .errors import OutputExistsError, ShiraError
 

@@ -328,7 +328,7 @@ def _sparse(path):
 def test_an_adapter_is_checked_against_its_base_without_loading_it(tmp_path):
     from safetensors.torch import save_file
 
-    from shira_diffusion.catalog import check_adapter_for_base
+    from shira_diffusion.base_check import check_adapter_for_base
     from shira_diffusion.errors import ArchitectureMismatchError
 
     sd, sdxl = (_sparse(BUNDLED / "hatching" / f"hatching.{b}.safetensors") for b in ("toy-sd", "toy-sdxl"))

@@ -137,7 +137,8 @@ def test_the_search_stops_when_its_budget_is_spent():
 def test_the_recommended_setting_travels_in_the_header_to_generate_and_the_catalogue(tmp_path, monkeypatch):
     from shira_diffusion import SparseAdapter
     from shira_diffusion.bundled.recommend import default_guidance, default_weight
-    from shira_diffusion.catalog import StyleCatalog, recommended_setting
+    from shira_diffusion.catalog import StyleCatalog
+    from shira_diffusion.core.adapter import recommended_setting
     from shira_diffusion.errors import AdapterFileError
     from shira_diffusion.quality.after_training import store_recommended
 

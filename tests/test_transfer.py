@@ -157,7 +157,7 @@ def uninterrupted(seeds, pipes, tmp_path_factory):
 
 
 class Stop(Exception):
-    pass
+    """What the test's progress callback raises to stop a transfer midway (as the app's Stop does)."""
 
 
 def test_an_interrupted_transfer_resumes_without_drawing_again(seeds, pipes, uninterrupted, tmp_path, teacher_calls):

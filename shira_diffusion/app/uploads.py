@@ -8,6 +8,7 @@ folder (``../x``, an absolute path, a drive letter) or that is a link refuses th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -89,11 +90,9 @@ def sweep_upload_cache(folder: Path | None = None, limit: int = MAX_UPLOAD_CACHE
     for mtime, size, path in sorted(files):
         if total - removed <= limit or now - mtime < min_age:
             break
-        try:
+        with contextlib.suppress(OSError):  # gone already, or in use: the next sweep tries again
             path.unlink()
             removed += size
-        except OSError:
-            pass
     return removed
 
 
@@ -121,16 +120,14 @@ def served_copy(path, kind: str, name: str | None = None) -> str:
 
 def _remove_old_folders(parent: Path, age: float) -> None:
     for folder in parent.iterdir() if parent.is_dir() else []:
-        try:
+        with contextlib.suppress(OSError):  # removed meanwhile by another request
             if time.time() - folder.stat().st_mtime > age:
                 shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def check_writable(folder: Path, what: str) -> None:
     """Refuse, with one line, a folder the app must write in but cannot (read-only, another owner)."""
-    from ..core.adapter import check_writable_folder
+    from ..files import check_writable_folder
 
     check_writable_folder(folder, what)
 

@@ -29,7 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..bases import load_pipeline
-from ..catalog import default_catalog, recommended_setting
+from ..catalog import default_catalog
+from ..core.adapter import recommended_setting
 from ..core.bank import StyleBank
 from ..errors import ShiraError
 from ..generate import DEFAULT_GUIDANCE, applied_adapter, generate_batched, with_triggers

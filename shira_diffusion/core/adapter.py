@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .architecture import FAMILIES, shape_fingerprint
-from ..errors import AdapterFileError, ArchitectureMismatchError, OutputExistsError, ShiraError
+from ..errors import AdapterFileError, ArchitectureMismatchError, ShiraError
+from ..files import write_atomically
 
 FORMAT_NAME = "shira-diffusion/sparse-adapter"
 FORMAT_VERSION = 1
@@ -341,78 +341,6 @@ def _check_shapes_field(path: str, shapes) -> None:
                                    "more than int32 flat indices address")
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = True) -> None:
-    """``write(temporary)`` writes a new file beside ``path``, which then replaces ``path`` in one
-    rename: an error or a crash midway leaves the old file whole. Without ``overwrite`` an existing
-    ``path`` (also one that appeared while writing) is refused and left alone."""
-    shown = os.fspath(path)
-    path = os.path.abspath(shown)
-    if not overwrite and os.path.lexists(path):
-        raise OutputExistsError(f"{shown} already exists; --overwrite replaces it")
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    temporary = create_temporary(folder, os.path.basename(path))
-    mode = os.stat(temporary).st_mode
-    try:
-        write(temporary)
-        os.chmod(temporary, mode)  # writers that replace the file (safetensors' save_file) leave it 0600
-        if overwrite:
-            os.replace(temporary, path)
-            return
-        try:
-            os.link(temporary, path)  # fails if ``path`` appeared meanwhile: never replaces it
-        except FileExistsError:
-            raise OutputExistsError(f"{shown} already exists; --overwrite replaces it") from None
-        except OSError:  # a file system without hard links
-            if os.path.lexists(path):
-                raise OutputExistsError(f"{shown} already exists; --overwrite replaces it") from None
-            os.replace(temporary, path)
-    finally:
-        if os.path.lexists(temporary):
-            os.unlink(temporary)
-
-
-def create_temporary(folder: str, name: str, suffix: str = ".tmp") -> str:
-    """A new empty file in ``folder`` (mode 0666 less the umask, like any file the user creates; a
-    ``tempfile.mkstemp`` file is private, 0600, and would stay so once renamed into place)."""
-    for _ in range(100):
-        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}{suffix}")
-        try:
-            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return temporary
-        except FileExistsError:
-            continue
-    raise OSError(f"cannot create a temporary file in {folder}")
-
-
-def check_output_file(path: str | os.PathLike, overwrite: bool = False, what: str = "") -> None:
-    """Refuse an output file before any work is done: one that exists (without ``overwrite``),
-    a folder in its place, or a place where nothing can be written. ``what`` names it (a flag)."""
-    shown = os.fspath(path)
-    label = f"{what} {shown}" if what else shown
-    if os.path.isdir(shown):
-        raise ShiraError(f"{label} is a folder; give a file name")
-    if os.path.lexists(shown) and not overwrite:
-        raise OutputExistsError(f"{label} already exists; --overwrite replaces it")
-    check_writable_folder(os.path.dirname(os.path.abspath(shown)), label)
-
-
-def check_writable_folder(folder: str | os.PathLike, label: str = "") -> None:
-    """Refuse a folder that cannot be made or written in, by trying: a probe file in the nearest
-    folder that exists (permission bits say nothing for root or read-only file systems)."""
-    folder = os.path.abspath(os.fspath(folder))
-    existing = folder
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    label = label or folder
-    if not os.path.isdir(existing):
-        raise ShiraError(f"{label}: {existing} is a file, not a folder")
-    try:
-        os.unlink(create_temporary(existing, "shira-write-check"))
-    except OSError as exc:
-        raise ShiraError(f"{label}: cannot write in {existing} ({exc.strerror or exc})") from None
-
-
 def _indices_from_spec(spec, shapes: Mapping[str, tuple], path: str = "adapter",
                        tensors: list[str] | None = None,
                        counts: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
@@ -516,3 +444,17 @@ def _check_indices(where: str, indices: torch.Tensor, shape: tuple, numel: int) 
     if low < 0 or high >= numel:
         bad = low if low < 0 else high
         raise AdapterFileError(f"{where}: index {bad} out of range for shape {list(shape)} ({numel} elements)")
+
+
+def recommended_setting(adapter_file: str | os.PathLike) -> dict:
+    """``{"guidance", "weight"}`` the self-check after training stored in an adapter file's header
+    (``recommended``), or {} (none, or not a readable safetensors file: the adapter's own checks say why)."""
+    try:
+        with safe_open(os.fspath(adapter_file), framework="pt") as handle:
+            value = json.loads((handle.metadata() or {}).get("recommended") or "null")
+    except Exception:  # unreadable or not JSON: nothing recommended
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    setting = {k: value[k] for k in ("guidance", "weight") if type(value.get(k)) in (int, float)}
+    return setting if len(setting) == 2 and all(math.isfinite(v) for v in setting.values()) else {}

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adapter import SparseAdapter, check_writable_folder, write_atomically
+from .adapter import SparseAdapter
+from ..files import check_writable_folder, write_atomically
 from .architecture import unet_family
 from ..errors import AdapterFileError, OutputExistsError, ShiraError
 

@@ -28,7 +28,8 @@ import numpy as np
 from ..bases import load_pipeline
 from ..bundled.specs import STYLES
 from ..catalog import default_catalog
-from ..core.adapter import SparseAdapter, write_atomically
+from ..core.adapter import SparseAdapter
+from ..files import write_atomically
 from ..core.bank import StyleBank
 from ..errors import ShiraError
 from ..generate import drop_empty_lora_layers, generate_batched, with_triggers

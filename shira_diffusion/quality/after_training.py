@@ -100,7 +100,7 @@ def store_recommended(adapter_path: str, kind: str, result: dict) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from ..core.adapter import write_atomically
+    from ..files import write_atomically
 
     with safe_open(adapter_path, framework="pt") as handle:
         metadata = {**(handle.metadata() or {}), "recommended": json.dumps(recommended, sort_keys=True)}

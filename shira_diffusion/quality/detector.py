@@ -55,7 +55,7 @@ class StyleDetector:
         return float(np.mean(self.shows(images, plain)))
 
     def save(self, path: str | os.PathLike) -> None:
-        from ..core.adapter import write_atomically
+        from ..files import write_atomically
 
         text = json.dumps({"format": STORED_FORMAT, "features_version": FEATURES_VERSION, **self.about,
                            **self.classifier.to_dict()}, indent=1)

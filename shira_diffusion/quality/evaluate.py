@@ -86,7 +86,7 @@ def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int =
     """Train each style with the defaults into ``out/NAME/`` and measure it; the result is also written
     to ``out/new-style.json`` after each style."""
     from ..bases import load_pipeline
-    from ..catalog import recommended_setting
+    from ..core.adapter import recommended_setting
     from ..core.bank import StyleBank
     from ..generate import applied_adapter, generate_batched, with_triggers
     from ..toy.prompts import held_out_prompts
@@ -157,7 +157,7 @@ def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int =
 
 
 def _save(result: dict, out: str) -> None:
-    from ..core.adapter import write_atomically
+    from ..files import write_atomically
 
     path = os.path.join(out, "new-style.json")
     text = json.dumps(result, indent=1, default=float)

@@ -40,6 +40,7 @@ from ..conditioning import encode_prompts
 from ..images import image_grid, to_model_range
 from ..metrics import reconstruction_psnr
 from .architectures import SCHEDULER_CONFIG, build_pipeline
+from .base_checkpoints import checkpoints, load_checkpoint, save_checkpoint
 from .generic import STRUCTURED, apply_generic, random_texture
 from .looks import CONFLICTS, apply_looks
 from .world import SIZE, render, sample_scene
@@ -129,29 +130,6 @@ def encode_text(pipe, family: str, captions: list[str], device) -> tuple[torch.T
 
 
 # ---------------------------------------------------------------------------------- training
-def _checkpoints(work: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(work, "checkpoint-*.pt")), key=lambda p: int(p.rsplit("-", 1)[1][:-3]))
-
-
-def _save_checkpoint(work, stage_step, pipe, opt, stage, family, keep=2, extra=None):
-    state = {**(extra or {}), "step": stage_step, "vae": pipe.vae.state_dict(), "unet": pipe.unet.state_dict(),
-             "text_encoder": pipe.text_encoder.state_dict(), "optimizer": opt.state_dict(), "stage": stage}
-    if family == "sdxl":
-        state["text_encoder_2"] = pipe.text_encoder_2.state_dict()
-    path = os.path.join(work, f"checkpoint-{stage_step}.pt")
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)  # never a half-written checkpoint
-    for old in _checkpoints(work)[:-keep]:
-        os.remove(old)
-
-
-def load_checkpoint(path: str, device="cpu") -> dict:
-    """A checkpoint ``_save_checkpoint`` wrote: tensors, numbers and strings only. ``weights_only``
-    refuses any other pickled object (which could run code when loaded) on every torch >= 2.4 this
-    package accepts, not just on those where it is the default."""
-    return torch.load(path, map_location=device, weights_only=True)
-
-
 def save_samples(pipe, path: str, prompts=SAMPLE_PROMPTS, steps: int = 20, seed: int = 0) -> None:
     from PIL import Image
 
@@ -239,8 +217,8 @@ def train(args) -> dict:
     unet_params = list(pipe.unet.parameters()) + [p for m in text_modules for p in m.parameters()]
     unet_opt = torch.optim.AdamW(unet_params, lr=args.unet_lr, weight_decay=1e-2)
     optimizers = {"vae": vae_opt, "unet": unet_opt, "decoder": decoder_opt}
-    if args.resume and _checkpoints(work):
-        state = load_checkpoint(_checkpoints(work)[-1], device)
+    if args.resume and checkpoints(work):
+        state = load_checkpoint(checkpoints(work)[-1], device)
         step = state["step"]
         pipe.vae.load_state_dict(state["vae"])
         pipe.unet.load_state_dict(state["unet"])
@@ -260,7 +238,7 @@ def train(args) -> dict:
                mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
 
     def checkpoint(stage, optimizer):
-        _save_checkpoint(work, step, pipe, optimizer, stage, family,
+        save_checkpoint(work, step, pipe, optimizer, stage, family,
                          extra={"vae_steps": vae_len.steps, "unet_steps": unet_len.steps})
 
     def progress(length: _StageLength | None, local: int, stage_started: float, stage: str, loss) -> None:

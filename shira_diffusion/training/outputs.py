@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 
-from ..core.adapter import create_temporary
+from ..files import create_temporary
 from ..errors import ShiraError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ..core.adapter import check_output_file
+from ..files import check_output_file
 from ..errors import ShiraError
 from .lora import convert_lora, read_adapter_file
 

@@ -191,7 +191,7 @@ def file_sha256(path: str) -> str:
 def save_discriminator(path: str, disc: Discriminator, about: dict) -> None:
     """JSON (no pickle): the feature definition's version, ``about`` (the adapter files' sha256 under
     ``adapter_sha256``, how it was fit) and the standardisation and weights (floats round-trip exactly)."""
-    from ..core.adapter import write_atomically
+    from ..files import write_atomically
 
     text = json.dumps({"format": STORED_FORMAT, "features_version": FEATURES_VERSION, **about, **disc.to_dict()},
                       indent=1)

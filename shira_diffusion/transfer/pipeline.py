@@ -27,7 +27,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..bases import BUNDLED, load_pipeline, resolve
-from ..core.adapter import SparseAdapter, check_output_file
+from ..core.adapter import SparseAdapter
+from ..files import check_output_file
 from ..core.architecture import unet_family
 from ..core.bank import StyleBank
 from ..errors import ArchitectureMismatchError, ShiraError
@@ -276,7 +277,7 @@ def train_student(pipe, pairs: list, config: TransferConfig, kind: str, trigger:
 # ------------------------------------------------------------------------------------ the report
 
 def write_json(path: str, values: dict) -> None:
-    from ..core.adapter import write_atomically
+    from ..files import write_atomically
 
     text = json.dumps(values, indent=1, default=str)
 
@@ -419,7 +420,7 @@ def transfer(config: TransferConfig, *, source_pipe=None, target_pipe=None, on_p
             sheet = side_by_side([(f"source ({info.kind})\non {config.source_base}", source_row),
                                   (f"student ({kind})\non {config.target_base}", student_row),
                                   (f"{config.target_base}\nalone", base_row)])
-            from ..core.adapter import write_atomically
+            from ..files import write_atomically
 
             write_atomically(paths["sheet"], lambda tmp: sheet.save(tmp, format="PNG"), overwrite=True)
         report = {

@@ -124,7 +124,7 @@ def save_samples(out: str, mark: dict, images: list, prompts: list[str], kept: d
     ``samples.json`` last, so that it exists only once every image does."""
     from PIL import Image
 
-    from ..core.adapter import write_atomically
+    from ..files import write_atomically
 
     paths = work_paths(out)
     os.makedirs(paths["samples"], exist_ok=True)
@@ -173,7 +173,7 @@ def finish(out: str) -> None:
 
 
 def _write_json(path: str, values: dict) -> None:
-    from ..core.adapter import write_atomically
+    from ..files import write_atomically
 
     text = json.dumps(values, indent=1, default=str)
 
