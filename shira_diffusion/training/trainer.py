@@ -55,6 +55,7 @@ from .dataset import StyleImages, infer_trigger, load_training_data
 from .lora_files import DTYPES as _DTYPES
 from .lora_files import lora_metadata, save_lora  # noqa: F401
 from .loss_plot import plot_losses
+from .validation_images import averaged, validation_images
 from .outputs import (FREE_MARGIN, atomic_path, check_free_space, check_name_lengths, check_output, output_paths,
                       stem, write_text)
 
@@ -455,8 +456,9 @@ class StyleTrainer:
             if config.checkpointing_steps and step % config.checkpointing_steps == 0 and step < config.max_train_steps:
                 self.save_checkpoint(wait=False)
             if config.validation_prompt and (step % config.validation_steps == 0 or step == config.max_train_steps):
-                with _averaged(self.ema, self.params, self.model):
-                    _validate(self.pipe, self.model, config, self.paths["validation"], step, self.size, self.trigger)
+                with averaged(self.ema, self.params, self.model):
+                    validation_images(self.pipe, self.model, config, self.paths["validation"], step, self.size,
+                                      self.trigger)
         accelerator.wait_for_everyone()
 
     def _should_stop(self) -> bool:
@@ -672,44 +674,3 @@ def _mean_over_ranks(accelerator, value: float) -> float:
     if accelerator.num_processes == 1:
         return value
     return float(accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="mean"))
-
-
-@contextmanager
-def _averaged(ema, params, model):
-    """The EMA values in place of the live ones for the duration (validation images)."""
-    if ema is None:
-        yield
-        return
-    # SHiRA's fused weights are rewritten by force on each swap: EMAModel copies through
-    # ``.data``, which the model's change tracking does not see.
-    resync = model.sync if isinstance(model, SparseDeltaModel) else lambda force: None
-    ema.store(params)
-    ema.copy_to(params)
-    resync(force=True)
-    try:
-        yield
-    finally:
-        ema.restore(params)
-        resync(force=True)
-
-
-def _validate(pipe, model, config: TrainConfig, folder: str, step: int, size: int, trigger: str | None) -> None:
-    from PIL import Image
-
-    from ..generate import with_triggers
-    from ..images import image_grid
-
-    if isinstance(model, SparseDeltaModel):
-        model.sync()
-    pipe.unet.eval()
-    prompt = with_triggers(config.validation_prompt, [trigger or ""])
-    images = []
-    with torch.no_grad():
-        for i in range(config.num_validation_images):
-            out = pipe(prompt, num_inference_steps=20, guidance_scale=5.0, height=size, width=size,
-                       generator=torch.Generator().manual_seed(i), output_type="np")
-            images.append((out.images[0] * 255).round().astype(np.uint8))
-    pipe.unet.train()
-    os.makedirs(folder, exist_ok=True)
-    with atomic_path(os.path.join(folder, f"step-{step:06d}.png")) as temporary:
-        Image.fromarray(image_grid(images, len(images))).save(temporary, format="PNG")
