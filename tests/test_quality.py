@@ -56,6 +56,13 @@ def test_the_content_check_keeps_a_look_and_loses_a_new_scene():
     other = [render(s) for s in _scenes(20, 1)]  # other shapes, other places: the content changed
     assert content_kept(other, plain, prompts)["content"] <= 0.2
     assert structure_similarity(plain[0], plain[0]) == pytest.approx(1.0)
+    from shira_diffusion.metrics import content_scores
+    from shira_diffusion.toy.world import parse_prompt
+
+    expected = [parse_prompt(p) for p in prompts]  # the reader without the look: most looks misread
+    misread = [look for look in ("hatching", "halftone", "frame", "pastel", "night")
+               if content_scores([apply_looks(im, [look]) for im in plain], expected)["all"] <= 0.3]
+    assert len(misread) == 5, misread
     read = content_kept([apply_looks(im, ["hatching"]) for im in plain], plain, prompts, looks=["hatching"])
     assert read["method"] == "toy reader" and read["base_content"] == 1.0 and read["content"] >= 0.9
 

@@ -4,14 +4,13 @@ terms that ignore the style.
 - A structure proxy, for every style: both images are reduced to their luminance blurred at a
   sixteenth of their side, less an eighth at each border (a style changes colours, textures, fine
   strokes and frames; the layout of large shapes survives), and an image keeps its content when the
-  two correlate at ``STRUCTURE_THRESHOLD`` or more. On toy scenes each bundled look applied to an
-  image keeps >= 0.93 with its original (10th percentile); two different scenes reach 0.58 (90th
-  percentile). A proxy, not a judge of what is drawn.
+  two correlate at ``STRUCTURE_THRESHOLD`` or more. On toy scenes every bundled look applied to an
+  exact render is read as kept, and a different scene is not (``tests/test_quality.py``). A proxy,
+  not a judge of what is drawn: on generated images it misjudges (docs/training.md).
 - The toy world's content reader, for toy prompts and a look it knows (``looks``): the share of
   images whose shape and colours read as the prompt asks, as ``shira eval styles`` reads them. It
-  cannot serve a new style: without the look it misreads every bundled look even on exact renders
-  (hatching 20 %, halftone 0 %, frame 0 %, pastel 0 % of 40 read right), which is why a user's style
-  is checked with the proxy.
+  cannot serve a new style: without the look it misreads most bundled looks even on exact renders
+  (tested), which is why a user's style is checked with the proxy.
 """
 
 from __future__ import annotations
