@@ -67,6 +67,33 @@ def test_the_content_check_keeps_a_look_and_loses_a_new_scene():
     assert read["method"] == "toy reader" and read["base_content"] == 1.0 and read["content"] >= 0.9
 
 
+def test_the_calibrated_reader_reads_a_look_it_was_never_told_from_its_training_images():
+    """Fit on 30 rendered training images of a look (captions only, no look named), read 40 other
+    scenes: kept content reads as kept, a recoloured object or a changed shape as lost."""
+    from shira_diffusion.toy.calibrated_reader import fit_calibrated_reader
+    from shira_diffusion.toy.looks import apply_looks
+    from shira_diffusion.toy.world import parse_prompt
+
+    training, evaluation = _scenes(30, 7), _scenes(40, 8)
+    prompts = [s.prompt() for s in evaluation]
+    plain = [render(s) for s in evaluation]
+    for look in ("hatching", "halftone", "outline", "frame", "pastel", "night"):
+        reader = fit_calibrated_reader([apply_looks(render(s), [look]) for s in training],
+                                       [parse_prompt(s.prompt()) for s in training])
+        assert reader.training_accuracy >= 0.85, (look, reader)
+        read = content_kept([apply_looks(im, [look]) for im in plain], plain, prompts, reader=reader)
+        assert read["method"].startswith("toy reader, calibrated") and read["base_content"] == 1.0
+        assert read["content"] >= 0.85, (look, read)
+        # the same look over other scenes: what the prompts ask is not what is drawn
+        lost = content_kept([apply_looks(render(s), [look]) for s in _scenes(40, 9)], plain, prompts, reader=reader)
+        assert lost["content"] <= 0.2, (look, lost)
+    night = fit_calibrated_reader([apply_looks(render(s), ["night"]) for s in training],
+                                  [parse_prompt(s.prompt()) for s in training])
+    assert max(night.scale) < 0.7 and not night.box  # it learned night's darkening, and needs no texture averaging
+    with pytest.raises(ValueError, match="one caption per image"):
+        fit_calibrated_reader([plain[0]], [])
+
+
 def _detector(seed=0, count=24):
     """A detector for scanlines, from rendered images: the style against plain ones, each beside a plain pair."""
     real = [_scanlines(render(s)) for s in _scenes(count, seed)]

@@ -69,7 +69,8 @@ def check_new_style(pipe, adapter_path: str, kind: str, images: Sequence, captio
     detector.about["adapter"] = os.path.basename(adapter_path)
     detector.save(detector_path)
     result = self_check(draw, detector, plain_prompts, trigger, plain_images=plain,
-                        budget_seconds=budget - (time.time() - started))
+                        budget_seconds=budget - (time.time() - started),
+                        content_reader=toy_content_reader(images, captions, pipe))
     # Only a setting that meets both targets is stored for generate and the app to use: the label-free
     # measures misjudge some styles (docs/training.md), and a setting chosen on a miss was seen to
     # lower a style's true strength (vignette: weight 0.64, 60 % -> 5 %). A miss keeps 5 and 1.
@@ -78,6 +79,24 @@ def check_new_style(pipe, adapter_path: str, kind: str, images: Sequence, captio
     result["detector"] = detector_path
     result["seconds"] = round(time.time() - started, 1)
     return result
+
+
+def toy_content_reader(images: Sequence, captions: Sequence[str], pipe):
+    """The toy reader calibrated on the training images (at the base's image size), when every caption
+    (trigger removed) is a toy prompt; else None (the structure proxy reads content)."""
+    import numpy as np
+    from PIL import Image
+
+    from ..toy.calibrated_reader import fit_calibrated_reader
+    from ..toy.world import parse_prompt
+    from .content import is_toy_prompt
+
+    if not captions or not all(is_toy_prompt(c) for c in captions):
+        return None
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    pixels = [np.asarray((im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im))).convert("RGB")
+                         .resize((size, size))) for im in images]
+    return fit_calibrated_reader(pixels, [parse_prompt(c) for c in captions])
 
 
 def _too_short(needed: float, budget: float) -> dict:

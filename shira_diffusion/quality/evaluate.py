@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ShiraError
-from .content import content_kept
 from .detector import StyleDetector
 from .self_check import CONTENT_TOLERANCE, STRENGTH_TARGET
 from .unseen_looks import UNSEEN_LOOKS
@@ -61,24 +60,35 @@ def check_style_names(styles: Sequence[str]) -> None:
 
 
 def _measures(name: str):
-    """(shown(image) -> bool, content reading: (styled, plain, prompts) -> dict) for ``name``."""
+    """(shown(image) -> bool, kept(image, prompt) -> bool: the exact measures) for ``name``."""
     if name in UNSEEN_LOOKS:
+        from ..toy.content import read_content
+
         _, shown, removed = UNSEEN_LOOKS[name]
-
-        def content(styled, plain, prompts):
-            from ..metrics import content_scores
-            from ..toy.world import parse_prompt
-
-            expected = [parse_prompt(p) for p in prompts]
-            return {"content": content_scores([removed(im) for im in styled], expected)["all"],
-                    "base_content": content_scores(list(plain), expected)["all"]}
-        return shown, content
+        return shown, lambda image, prompt: _reads_as(read_content(removed(image)), prompt)
     from ..bundled.specs import STYLES
     from ..toy.looks import shows_look
+    from ..toy.styled_content import read_styled_content
 
     look = STYLES[name].look
     return (lambda image: shows_look(image, look)), \
-        (lambda styled, plain, prompts: content_kept(styled, plain, prompts, looks=[look]))
+        (lambda image, prompt: _reads_as(read_styled_content(image, [look]), prompt))
+
+
+def _reads_as(read: dict, prompt: str) -> bool:
+    from ..toy.world import parse_prompt
+
+    want = parse_prompt(prompt)
+    return all(read[k] == want[k] for k in ("color", "shape", "background"))
+
+
+def _checked_kept(styled, plain, prompts, reader) -> np.ndarray:
+    """The self-check's content verdict per image (``content.content_kept``'s, image by image)."""
+    from .content import STRUCTURE_THRESHOLD, structure_similarity
+
+    if reader is not None:
+        return np.array([_reads_as(reader.read(im), p) for im, p in zip(styled, prompts)])
+    return np.array([structure_similarity(s, p) >= STRUCTURE_THRESHOLD for s, p in zip(styled, plain)])
 
 
 def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int = 30, prompts: int = 40,
@@ -89,6 +99,7 @@ def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int =
     from ..core.adapter import recommended_setting
     from ..core.bank import StyleBank
     from ..generate import applied_adapter, generate_batched, with_triggers
+    from ..toy.content import read_content
     from ..toy.prompts import held_out_prompts
     from ..training import TrainConfig, train
 
@@ -112,13 +123,14 @@ def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int =
         if check.get("detector"):  # the result names files by name: it may be kept anywhere
             check = {**check, "detector": os.path.basename(check["detector"])}
         trigger = record["trigger"]
-        shown, content = _measures(name)
+        shown, exactly_kept = _measures(name)
+        reader = _content_reader(folder / "data", trigger, pipe)
         detector = StyleDetector.load(folder / check["detector"]) if check.get("detector") else None
         row = {"train_seconds": record["seconds"], "check_seconds": check.get("seconds"),
                "total_minutes": round(seconds / 60, 2), "self_check": check, "settings": {}}
         stored = recommended_setting(output)  # what generate and the app will use: 5 and 1 unless stored
         chosen = {"guidance": stored.get("guidance", 5.0), "weight": stored.get("weight", 1.0)}
-        agreement = []
+        agreement, content_agreement = [], []
         for label, g, w in (("as used", chosen["guidance"], chosen["weight"]), ("guidance 5, weight 1", 5.0, 1.0)):
             if label != "as used" and (g, w) == (chosen["guidance"], chosen["weight"]):
                 row["settings"][label] = row["settings"]["as used"]
@@ -130,10 +142,13 @@ def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int =
                 styled = generate_batched(pipe, [with_triggers(p, [trigger]) for p in evaluation], 20, g,
                                           desc=f"{name} g{g:g} w{w:g}")
             exact = np.array([shown(im) for im in styled])
-            read = content(styled, plain, evaluation)
-            measured = {"guidance": g, "weight": w, "strength": float(exact.mean()), **read,
-                        "content_drop": read["base_content"] - read["content"],
-                        "content_proxy": content_kept(styled, plain, evaluation)["content"]}
+            kept = np.array([exactly_kept(im, p) for im, p in zip(styled, evaluation)])
+            checked = _checked_kept(styled, plain, evaluation, reader)
+            content_agreement.append(kept == checked)
+            base_content = float(np.mean([_reads_as(read_content(im), p) for im, p in zip(plain, evaluation)]))
+            measured = {"guidance": g, "weight": w, "strength": float(exact.mean()), "content": float(kept.mean()),
+                        "base_content": base_content, "content_drop": base_content - float(kept.mean()),
+                        "content_as_checked": float(checked.mean())}
             measured["meets"] = measured["strength"] >= STRENGTH_TARGET and \
                 measured["content_drop"] <= CONTENT_TOLERANCE + 1e-9
             if detector is not None:
@@ -147,13 +162,27 @@ def eval_new_styles(base: str, styles: Sequence[str], out: str, *, images: int =
             said = detector.shows(plain, others if others is not plain else plain[1:] + plain[:1])
             agreement.append(said == np.array([shown(im) for im in plain]))
             row["detector_agreement"] = float(np.concatenate(agreement).mean())
+        row["content_agreement"] = float(np.concatenate(content_agreement).mean())
         result["styles"][name] = row
         calibrated = row["settings"]["as used"]
         log(f"{name}: strength {calibrated['strength']:.0%}, content {calibrated['content']:.0%} (base "
             f"{calibrated['base_content']:.0%}) at g{calibrated['guidance']:g} w{calibrated['weight']:g}; "
-            f"{row['total_minutes']} min; detector agrees on {row.get('detector_agreement', float('nan')):.0%}")
+            f"{row['total_minutes']} min; detector agrees on {row.get('detector_agreement', float('nan')):.0%}, "
+            f"content check on {row['content_agreement']:.0%}")
         _save(result, out)
     return result
+
+
+def _content_reader(folder: Path, trigger: str, pipe):
+    """The self-check's content reader for this training set (None: the structure proxy)."""
+    from PIL import Image
+
+    from .after_training import toy_content_reader
+    from .prompts import without_trigger
+
+    pngs = sorted(folder.glob("*.png"))
+    captions = [without_trigger(p.with_suffix(".txt").read_text(encoding="utf-8").strip(), trigger) for p in pngs]
+    return toy_content_reader([Image.open(p) for p in pngs], captions, pipe)
 
 
 def _save(result: dict, out: str) -> None:
@@ -169,14 +198,17 @@ def format_new_style_table(result: dict) -> str:
              f"{result['prompts']} reserved prompts (target: strength >= {STRENGTH_TARGET:.0%}, content within "
              f"{CONTENT_TOLERANCE:.0%} of the base's)",
              f"{'style':10} {'setting':28} {'g':>4} {'w':>5} {'strength':>8} {'content':>7} {'base':>5} {'drop':>5} "
-             f"{'proxy':>5} {'met':>4} {'detector':>8} {'minutes':>7}"]
+             f"{'check':>5} {'met':>4} {'detector':>8} {'minutes':>7}"]
     for name, row in result["styles"].items():
         for label, m in row["settings"].items():
             lines.append(f"{name:10} {label:28} {m['guidance']:4g} {m['weight']:5.3g} {m['strength']:8.0%} "
                          f"{m['content']:7.0%} {m['base_content']:5.0%} {m['content_drop']:+5.0%} "
-                         f"{m['content_proxy']:5.0%} {'yes' if m['meets'] else 'no':>4} "
+                         f"{m['content_as_checked']:5.0%} {'yes' if m['meets'] else 'no':>4} "
                          f"{m.get('detector_strength', float('nan')):8.0%} {row['total_minutes']:7.2f}")
         if "detector_agreement" in row:
             lines.append(f"{name:10} detector agrees with the exact measure on "
                          f"{row['detector_agreement']:.0%} of its images (both settings and the base's own)")
+        if "content_agreement" in row:
+            lines.append(f"{name:10} the self-check's content reading agrees with the exact one on "
+                         f"{row['content_agreement']:.0%} of its styled images")
     return "\n".join(lines)

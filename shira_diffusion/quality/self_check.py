@@ -65,9 +65,10 @@ Draw = Callable[[Sequence[str], float, float], list]
 
 
 def self_check(draw: Draw, detector, prompts: Sequence[str], trigger: str | None, *, budget_seconds: float,
-               plain_images: dict | None = None) -> dict:
+               plain_images: dict | None = None, content_reader=None) -> dict:
     """Search guidance and weight on ``prompts`` (``prompts.validation_prompts``: no training caption);
-    ``plain_images``: the base's images for them, by guidance, where already drawn. Returns
+    ``plain_images``: the base's images for them, by guidance, where already drawn; ``content_reader``:
+    the toy reader calibrated on the training images (``content.content_kept``), where one was fit. Returns
     ``{"chosen", "meets", "measured", "prompts", "seconds", "advice"}`` (``chosen``: the recommended
     setting's measurement)."""
     from ..generate import with_triggers
@@ -79,13 +80,15 @@ def self_check(draw: Draw, detector, prompts: Sequence[str], trigger: str | None
     styled_prompts = [with_triggers(p, [trigger]) if trigger else p for p in plain_prompts]
     plain_images = dict(plain_images or {})
     measured: dict[tuple[float, float], Measured] = {}
+    methods: set[str] = set()
 
     def measure(guidance: float, weight: float) -> Measured:
         if guidance not in plain_images:
             plain_images[guidance] = draw(plain_prompts, guidance, 0.0)
         plain = plain_images[guidance]
         styled = draw(styled_prompts, guidance, weight)
-        content = content_kept(styled, plain, plain_prompts)
+        content = content_kept(styled, plain, plain_prompts, reader=content_reader)
+        methods.add(content["method"])
         result = Measured(guidance, weight, float(np.mean(detector.shows(styled, plain))), content["content"],
                           content["base_content"])
         measured[guidance, weight] = result
@@ -104,7 +107,7 @@ def self_check(draw: Draw, detector, prompts: Sequence[str], trigger: str | None
     chosen = max(measured.values(), key=lambda m: m.margin)
     return {"chosen": chosen.to_dict(), "meets": chosen.meets, "prompts": len(plain_prompts),
             "measured": [m.to_dict() for m in measured.values()], "seconds": round(time.time() - started, 1),
-            "advice": advice(chosen)}
+            "advice": advice(chosen), "content_method": ", ".join(sorted(methods))}
 
 
 def _next_setting(current: Measured, measured: dict) -> tuple[float, float]:

@@ -73,7 +73,7 @@ def color_map(looks: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _box_mean(pixels: np.ndarray, size: int = PERIOD) -> np.ndarray:
+def box_mean(pixels: np.ndarray, size: int = PERIOD) -> np.ndarray:
     padded = np.pad(pixels, ((size // 2, size - size // 2), (size // 2, size - size // 2), (0, 0)), mode="wrap")  # 64 px = 8 whole periods: exact at the edges
     summed = padded.cumsum(0).cumsum(1)
     summed = np.pad(summed, ((1, 0), (1, 0), (0, 0)))
@@ -100,7 +100,7 @@ def read_styled_content(image: np.ndarray, looks: Iterable[str] = ()) -> dict[st
             # fit, grown by a pixel, keeps those fringes out of the object's and background's colors.
             band = dilate(distance < BAND_FIT * float(np.mean(a)), 1)
     if looks & set(_TEXTURES):
-        pixels = _box_mean(pixels)
+        pixels = box_mean(pixels)
     edge = 0
     if "frame" in looks:
         # Grown into the picture by a pixel, as a VAE blends the frame's inner edge, or by half a
