@@ -212,9 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev_fusion.add_argument("--guidance", type=float, default=5.0)
     ev_fusion.add_argument("--triples", type=_non_negative_int, default=0, metavar="N",
                            help="also every compatible triple, on the first N prompts (default 0: pairs only)")
-    ev_fusion.add_argument("--measure", choices=["look", "features"], default="look",
+    ev_fusion.add_argument("--measure", choices=["look", "features", "detector"], default="look",
                            help="style strength: the toy looks' own measures (default), or label-free: nearer the "
-                           "style's training images than the base's plain images in the VAE's feature space")
+                           "style's training images than the base's plain images in the VAE's feature space "
+                           "(features), or each style's detector, the one shira train stores (detector)")
     ev_fusion.add_argument("--out", help="save the result (JSON) after each method; a rerun with the same "
                            "settings skips the methods already in it")
     ev_fusion.add_argument("--plot", help="write a heatmap PNG of each method's pairwise retention")

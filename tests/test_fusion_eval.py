@@ -62,3 +62,13 @@ def test_label_free_measure_in_eval_fusion():
     assert list(m["pairs"]) == ["frame+outline"]
     with pytest.raises(ShiraError, match="unknown style measure"):
         eval_fusion("toy-sd", THREE, ["shira-shared"], count=2, measure="clipscore")
+
+
+@pytest.mark.slow
+def test_style_detectors_as_the_measure_in_eval_fusion():
+    """Each style's detector (fit from its training images where none is stored beside its adapter)
+    measures the styles alone and in the pair."""
+    detected = eval_fusion("toy-sd", ["frame", "outline"], ["shira-shared"], count=2, steps=2, measure="detector")
+    d = detected["methods"]["shira-shared"]
+    assert detected["measure"] == "detector" and all(0.0 <= v <= 1.0 for v in d["alone"].values())
+    assert set(d["pairs"]["frame+outline"]["strength"]) == {"frame", "outline"}

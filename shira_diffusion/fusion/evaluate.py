@@ -34,14 +34,14 @@ from ..core.bank import StyleBank
 from ..errors import ShiraError
 from ..generate import drop_empty_lora_layers, generate_batched, with_triggers
 from ..metrics import concept_retention, content_scores, style_strength
-from .measures import FeatureMeasure, LookMeasure, vae_encoder
+from .measures import DetectorMeasure, FeatureMeasure, LookMeasure, vae_encoder
 from ..toy.looks import CONFLICTS, apply_looks
 from ..toy.prompts import held_out_prompts
 from ..toy.world import render, sample_scene
 from .ties import ties_merge
 
 METHODS = ("shira-shared", "shira-slots", "ties", "lora")
-MEASURES = ("look", "features")
+MEASURES = ("look", "features", "detector")
 FEATURE_REFERENCES = 24  # training images per style the feature measure takes as its style references
 VARIANT_OF = {"shira-shared": "shira", "shira-slots": "shira-slot", "ties": "shira", "lora": "lora"}
 
@@ -124,14 +124,17 @@ class _Mixer:
             self.bank.restore()
 
 
-def _measures(pipe, styles, measure: str, prompts, steps, guidance_scale, seeds, say) -> dict:
-    """A strength measure per style: its look's, or label-free features against its own images."""
+def _measures(pipe, base: str, styles, measure: str, prompts, steps, guidance_scale, seeds, say) -> dict:
+    """A strength measure per style: its look's, or label-free: features against its own images, or
+    its style detector."""
     if measure == "look":
         return {s: LookMeasure(STYLES[s].look) for s in styles}
     from ..training import load_training_data
 
-    say("base alone (the feature measure's plain references)")
+    say("base alone (the label-free measure's plain references)")
     plain = generate_batched(pipe, prompts, steps, guidance_scale, seeds=seeds)
+    if measure == "detector":
+        return {s: DetectorMeasure(_style_detector(pipe, base, s, say), plain) for s in styles}
     encode = vae_encoder(pipe.vae)
     catalog = default_catalog()
     out = {}
@@ -141,6 +144,25 @@ def _measures(pipe, styles, measure: str, prompts, steps, guidance_scale, seeds,
         out[style] = FeatureMeasure(encode, [np.asarray(im.convert("RGB")) for im in data.images[:FEATURE_REFERENCES]],
                                     plain)
     return out
+
+
+def _style_detector(pipe, base: str, style: str, say):
+    """The detector stored beside the style's adapter for this base (``X.detector.json``, written by
+    ``shira train``), else one fit now from the style's training images (the base's images for its
+    captions drawn here: ``quality.detector.fit_style_detector``)."""
+    from ..quality.detector import StyleDetector, fit_style_detector
+    from ..quality.prompts import without_trigger
+    from ..training import load_training_data
+
+    catalog = default_catalog()
+    record = catalog.get(style)
+    adapter = Path(record.adapter_path(base))
+    stored = adapter.with_name(adapter.name[: -len(".safetensors")] + ".detector.json")
+    if stored.is_file():
+        return StyleDetector.load(stored)
+    say(f"{style}: fitting its style detector (the base's images for its captions)")
+    data = load_training_data(str(record.folder / (record.images or "images")))
+    return fit_style_detector(pipe, data.images, [without_trigger(c, record.trigger) for c in data.captions])
 
 
 def _settings(result: dict) -> dict:
@@ -221,7 +243,7 @@ def eval_fusion(base: str, styles: Sequence[str] | None = None, methods: Sequenc
         return result
     pipe = load_pipeline(base)
     pipe.set_progress_bar_config(disable=True)
-    measures = _measures(pipe, styles, measure, prompts, steps, guidance_scale, seeds, say)
+    measures = _measures(pipe, base, styles, measure, prompts, steps, guidance_scale, seeds, say)
     alone_images: dict[tuple[str, str], list] = {}  # (variant, style) -> images: shira-shared and ties share them
     for method in todo:
         mixer = _Mixer(pipe, base, method, styles)

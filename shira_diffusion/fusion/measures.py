@@ -5,6 +5,9 @@ kinds plug into ``eval_fusion``, both with ``strength(images) -> share of images
 
 - ``LookMeasure``: the toy world's own measure of a rendered look (``toy/looks.py``), exact and
   offline, for the bundled bases;
+- ``DetectorMeasure``: the style's own label-free detector (``quality.detector``, the one
+  ``shira train`` stores as ``X.detector.json``), each image read beside the base's image for the
+  same prompt and seed;
 - ``FeatureMeasure``: needs no labels, for any base: an image shows the style when its features
   are closer (cosine, features standardised over the references) to the centroid of the style's
   own training images than to the centroid of the base's plain images for the same prompts. The
@@ -34,6 +37,20 @@ class LookMeasure:
 
     def strength(self, images: Sequence[np.ndarray]) -> float:
         return style_strength(images, self.look)
+
+
+@dataclass(frozen=True)
+class DetectorMeasure:
+    """A style detector with the base's images ``plain[i]`` (plain prompt i, seed i): the images it
+    measures are the first ``len(images)`` prompts with seeds 0, 1, ... in that order."""
+
+    detector: object  # quality.detector.StyleDetector
+    plain: Sequence[np.ndarray]
+
+    def strength(self, images: Sequence[np.ndarray]) -> float:
+        if len(images) > len(self.plain):
+            raise ShiraError(f"{len(images)} images but the base's images for only {len(self.plain)} prompts")
+        return self.detector.strength(images, self.plain[:len(images)])
 
 
 class FeatureMeasure:
