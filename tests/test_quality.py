@@ -162,6 +162,15 @@ def test_the_search_lowers_a_style_that_leaks_and_reports_one_that_cannot_meet_b
     assert CONTENT_TOLERANCE == 0.10
 
 
+def test_the_search_tries_the_other_guidances_when_more_weight_shows_the_style_but_leaks():
+    """Weak at 1 and 1.25, shown but leaking at 1.5625: the step back is measured already, so the
+    search goes on to guidance 7.5 and 3 instead of stopping."""
+    fake = _Fake(show_from=1.5, leak_from=1.5)
+    result = self_check(fake.draw, _detector(), _prompts(), "sks", budget_seconds=600)
+    assert [w for g, w in fake.draws if w and g == 5.0] == [1.0, 1.25, 1.5625]
+    assert {g for g, w in fake.draws if w} == {5.0, 7.5, 3.0} and not result["meets"]
+
+
 def test_the_search_stops_when_its_budget_is_spent():
     fake = _Fake(show_from=10.0)
     result = self_check(fake.draw, _detector(), _prompts(), "sks", budget_seconds=0)

@@ -114,11 +114,13 @@ def _next_setting(current: Measured, measured: dict) -> tuple[float, float]:
     weak = current.strength < STRENGTH_TARGET
     leaks = current.content_drop > CONTENT_TOLERANCE
     guidance, weight = current.guidance, current.weight
-    if weak and not leaks and weight * WEIGHT_STEP <= WEIGHTS[1] + 1e-9:
-        return guidance, round(weight * WEIGHT_STEP, 4)
-    if leaks and not weak and weight / WEIGHT_STEP >= WEIGHTS[0] - 1e-9:
-        return guidance, round(weight / WEIGHT_STEP, 4)
-    for other in GUIDANCES:  # both miss, or the weight ran out of range: another guidance at weight 1
+    # A step back onto a weight already measured (up showed the style but leaked) ends this guidance.
+    up, down = (guidance, round(weight * WEIGHT_STEP, 4)), (guidance, round(weight / WEIGHT_STEP, 4))
+    if weak and not leaks and up[1] <= WEIGHTS[1] + 1e-9 and up not in measured:
+        return up
+    if leaks and not weak and down[1] >= WEIGHTS[0] - 1e-9 and down not in measured:
+        return down
+    for other in GUIDANCES:  # both miss, the weight ran out of range or was measured: another guidance
         if (other, START[1]) not in measured:
             return other, START[1]
     return current.guidance, current.weight  # nothing left to try
